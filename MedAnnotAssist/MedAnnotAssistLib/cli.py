@@ -43,7 +43,13 @@ def cmd_protocol_list(args) -> int:
     protocols = bundled_protocols()
     if args.json:
         rows = [
-            {"id": p.id, "version": p.version, "title": p.title, "modality": p.modality, "structures": len(p.structures)}
+            {
+                "id": p.id,
+                "version": p.version,
+                "title": p.title,
+                "modality": p.modality,
+                "structures": len(p.structures),
+            }
             for p in protocols
         ]
         print(json.dumps(rows, indent=1))

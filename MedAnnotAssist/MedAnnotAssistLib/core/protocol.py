@@ -338,9 +338,7 @@ def _cross_field_problems(data: dict, source: str) -> list[ProtocolProblem]:
     structures = data["structures"]
     problems = []
     problems += _duplicates([(f"$.structures[{i}].id", s["id"]) for i, s in enumerate(structures)], "id", source)
-    problems += _duplicates(
-        [(f"$.structures[{i}].name", s["name"]) for i, s in enumerate(structures)], "name", source
-    )
+    problems += _duplicates([(f"$.structures[{i}].name", s["name"]) for i, s in enumerate(structures)], "name", source)
     problems += _duplicates(
         [(f"$.structures[{i}].color", s["color"].lower()) for i, s in enumerate(structures)], "colour", source
     )
@@ -358,7 +356,9 @@ def _cross_field_problems(data: dict, source: str) -> list[ProtocolProblem]:
     for i, s in enumerate(structures):
         base = f"$.structures[{i}]"
         rules = s.get("rules", {})
-        references = [(f"{base}.rules.{k}.structure", rules[k]["structure"]) for k in ("inside", "outside") if k in rules]
+        references = [
+            (f"{base}.rules.{k}.structure", rules[k]["structure"]) for k in ("inside", "outside") if k in rules
+        ]
         if "midline" in rules.get("laterality", {}):
             references.append((f"{base}.rules.laterality.midline", rules["laterality"]["midline"]))
         for path, ref in references:
@@ -370,13 +370,17 @@ def _cross_field_problems(data: dict, source: str) -> list[ProtocolProblem]:
         volume = rules.get("volumeMl", {})
         if "min" in volume and "max" in volume and volume["min"] > volume["max"]:
             problems.append(
-                ProtocolProblem(source, f"{base}.rules.volumeMl", f"min {volume['min']} is larger than max {volume['max']}")
+                ProtocolProblem(
+                    source, f"{base}.rules.volumeMl", f"min {volume['min']} is larger than max {volume['max']}"
+                )
             )
         kind = s.get("kind", "segment")
         content_rules = sorted(set(rules) & {"volumeMl", "maxComponents", "inside", "outside"})
         if kind != "segment" and content_rules:
             problems.append(
-                ProtocolProblem(source, f"{base}.rules.{content_rules[0]}", f"applies to segments only, not to a {kind}")
+                ProtocolProblem(
+                    source, f"{base}.rules.{content_rules[0]}", f"applies to segments only, not to a {kind}"
+                )
             )
         agreement = s.get("agreement")
         if agreement:
@@ -390,7 +394,9 @@ def _cross_field_problems(data: dict, source: str) -> list[ProtocolProblem]:
                 )
             if agreement["metric"] == "surfaceDice" and "toleranceMm" not in agreement:
                 problems.append(
-                    ProtocolProblem(source, f"{base}.agreement", "surfaceDice needs 'toleranceMm' (the tolerance in mm)")
+                    ProtocolProblem(
+                        source, f"{base}.agreement", "surfaceDice needs 'toleranceMm' (the tolerance in mm)"
+                    )
                 )
     questions = data.get("questions", [])
     problems += _duplicates([(f"$.questions[{i}].id", q["id"]) for i, q in enumerate(questions)], "id", source)

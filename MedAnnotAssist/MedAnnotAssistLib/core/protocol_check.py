@@ -138,7 +138,9 @@ def _rule_results(
     if low is not None or high is not None:
         ok = (low is None or volume_ml >= low) and (high is None or volume_ml <= high)
         expected = f"{low if low is not None else 0:g}-{high:g} ml" if high is not None else f">= {low:g} ml"
-        results.append(RuleResult("volumeMl", ok, severity, f"volume {volume_ml:.1f} ml, expected {expected}", volume_ml))
+        results.append(
+            RuleResult("volumeMl", ok, severity, f"volume {volume_ml:.1f} ml, expected {expected}", volume_ml)
+        )
     if rules.max_components is not None:
         ok = components <= rules.max_components
         results.append(

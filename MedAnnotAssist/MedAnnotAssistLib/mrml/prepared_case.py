@@ -26,7 +26,7 @@ class PreparedCase:
         return (
             f"Open it in 3D Slicer: drag and drop {self.volumePath} and then {self.segmentationPath} onto the "
             f"Slicer window (or File > Add Data), or run\n"
-            f'  Slicer --python-code "slicer.util.loadVolume(r\'{self.volumePath}\'); '
+            f"  Slicer --python-code \"slicer.util.loadVolume(r'{self.volumePath}'); "
             f"slicer.util.loadSegmentation(r'{self.segmentationPath}')\""
         )
 

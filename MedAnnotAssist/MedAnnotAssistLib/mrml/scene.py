@@ -11,12 +11,11 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+import slicer  # the slicer-core package outside Slicer, Slicer's own module inside it
 import vtk
 
-import slicer  # the slicer-core package outside Slicer, Slicer's own module inside it
 
-
-class SlicerResourcesMissing(RuntimeError):
+class SlicerResourcesMissingError(RuntimeError):
     """Slicer's terminology files could not be found for a headless scene."""
 
 
@@ -28,12 +27,12 @@ def slicer_share_directory() -> Path:
     """
     spec = importlib.util.find_spec("trame_slicer")
     if spec is None or not spec.submodule_search_locations:
-        raise SlicerResourcesMissing(
+        raise SlicerResourcesMissingError(
             "Slicer terminology files not found: install trame-slicer (pip install 'medannotassist[mrml]')"
         )
     share = Path(next(iter(spec.submodule_search_locations))) / "resources"
     if not any((share / "terminologies").glob("*.term.json")):
-        raise SlicerResourcesMissing(f"no *.term.json files in {share / 'terminologies'}")
+        raise SlicerResourcesMissingError(f"no *.term.json files in {share / 'terminologies'}")
     return share
 
 

@@ -10,9 +10,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-import vtk
-
 import slicer
+import vtk
 
 from .volumes import imageDataToArray, loadVolume
 

@@ -12,8 +12,6 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-import slicer
-
 
 class VolumeReadError(OSError):
     """An image file that Slicer's readers could not load."""

@@ -1,0 +1,122 @@
+"""Architecture rules, read from the source: widgets -> mrml -> core, threads only in core/jobs.py."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from Testing.conftest import MODULE_DIR
+
+LIB = MODULE_DIR / "MedAnnotAssistLib"
+SLICER_ONLY_IN_APP = (
+    "slicer.app",
+    "slicer.modules",
+    "slicer.util",
+    "slicer.mrmlScene",
+    "slicer.ScriptedLoadableModule",
+    "slicer.parameterNodeWrapper",
+    "slicer.qMRML",
+    "slicer.i18n",
+)
+
+FORBIDDEN = {
+    # layer: (top-level modules it must not import, relative sub-packages it must not import, attributes)
+    "core": ({"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MedAnnotAssist"}, {"mrml", "widgets"}, ()),
+    "mrml": ({"qt", "ctk", "PythonQt", "MedAnnotAssist"}, {"widgets"}, SLICER_ONLY_IN_APP),
+    "cli": ({"qt", "ctk", "PythonQt"}, {"widgets"}, SLICER_ONLY_IN_APP),
+}
+
+
+def _layer(relative: Path) -> str:
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def _imports(tree: ast.AST, relative: Path):
+    """(absolute module name, line) for each import, relative imports resolved inside the package."""
+    package = ("MedAnnotAssistLib", *relative.parent.parts)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [f"{module}.{a.name}" for a in node.names] if not node.module else [module]
+                for name in names:
+                    yield name, node.lineno
+            else:
+                yield node.module, node.lineno
+                for alias in node.names:
+                    yield f"{node.module}.{alias.name}", node.lineno
+
+
+def _attribute_chains(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            yield f"{node.value.id}.{node.attr}", node.lineno
+
+
+def _sources():
+    return sorted(LIB.rglob("*.py"))
+
+
+def test_the_rules_see_every_layer():
+    layers = {_layer(p.relative_to(LIB)) for p in _sources()}
+    assert {"core", "mrml", "widgets", "cli"} <= layers
+
+
+def _violations(source: str, relative: Path) -> list[str]:
+    layer = _layer(relative)
+    if layer not in FORBIDDEN:
+        return []
+    modules, subpackages, attributes = FORBIDDEN[layer]
+    tree = ast.parse(source)
+    wrong = []
+    for name, line in _imports(tree, relative):
+        top = name.split(".")[0]
+        inner = name.split(".")[1] if top == "MedAnnotAssistLib" and "." in name else None
+        if top in modules or inner in subpackages or name.startswith(attributes):
+            wrong.append(f"{relative}:{line} imports {name}")
+    for chain, line in _attribute_chains(tree):
+        if chain.startswith(attributes):
+            wrong.append(f"{relative}:{line} uses {chain}")
+    return wrong
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(LIB)))
+def test_layer_imports(path):
+    assert not _violations(path.read_text(), path.relative_to(LIB))
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(LIB)))
+def test_threads_only_in_core_jobs(path):
+    if path.relative_to(LIB).as_posix() == "core/jobs.py":
+        return
+    tree = ast.parse(path.read_text())
+    names = {name.split(".")[0] for name, _ in _imports(tree, path.relative_to(LIB))}
+    assert not names & {"threading", "concurrent", "multiprocessing", "_thread"}, path
+
+
+def test_the_checker_catches_violations():
+    """The guard itself can fail: each forbidden import or use is reported."""
+    core = "import vtk\nfrom ..mrml import scene\nfrom .protocol import load_protocol\n"
+    assert _violations(core, Path("core/probe.py")) == [
+        "core/probe.py:1 imports vtk",
+        "core/probe.py:2 imports MedAnnotAssistLib.mrml",
+    ]
+    mrml = "import slicer\nfrom ..widgets import panel\nnode = slicer.mrmlScene.GetFirstNode()\nimport qt\n"
+    assert _violations(mrml, Path("mrml/probe.py")) == [
+        "mrml/probe.py:2 imports MedAnnotAssistLib.widgets",
+        "mrml/probe.py:4 imports qt",
+        "mrml/probe.py:3 uses slicer.mrmlScene",
+    ]
+
+
+def test_module_files_stay_readable():
+    module = MODULE_DIR / "MedAnnotAssist.py"
+    assert len(module.read_text().splitlines()) < 500
+    too_long = {p.name: n for p in _sources() if (n := len(p.read_text().splitlines())) >= 600}
+    assert not too_long
