@@ -31,7 +31,7 @@ _PATTERN_HINTS = {
     "^[a-z][a-z0-9_]{0,63}$": "an id starting with a lower-case letter, then letters, digits or _",
     "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)$": "a version MAJOR.MINOR.PATCH",
     "^[A-Za-z0-9_~^-]{1,16}$": "a TG-263 name of at most 16 characters (letters, digits, _ ~ ^ -)",
-    "\\S": "a non-blank text",
+    "^[^~^|]*[^~^|\\s][^~^|]*$": "a non-blank text without ~ ^ | (Slicer reserves them)",
 }
 
 
@@ -334,17 +334,24 @@ def _duplicates(values: list[tuple[str, Any]], what: str, source: str) -> list[P
     return problems
 
 
+def _concept_text(terminology: Terminology) -> str:
+    codes = (terminology.type, terminology.type_modifier, terminology.anatomic_region)
+    return " ".join(f"{c.scheme}:{c.value} ({c.meaning})" for c in codes if c)
+
+
 def _cross_field_problems(data: dict, source: str) -> list[ProtocolProblem]:
     structures = data["structures"]
     problems = []
     problems += _duplicates([(f"$.structures[{i}].id", s["id"]) for i, s in enumerate(structures)], "id", source)
-    problems += _duplicates([(f"$.structures[{i}].name", s["name"]) for i, s in enumerate(structures)], "name", source)
+    # Segments are matched to structures by name without regard to case, so names must differ beyond case.
+    names = [(f"$.structures[{i}].name", s["name"].lower()) for i, s in enumerate(structures)]
+    problems += _duplicates(names, "name", source)
     problems += _duplicates(
         [(f"$.structures[{i}].color", s["color"].lower()) for i, s in enumerate(structures)], "colour", source
     )
     problems += _duplicates(
         [
-            (f"$.structures[{i}].terminology", Terminology.from_json(s["terminology"]).concept_key())
+            (f"$.structures[{i}].terminology", _concept_text(Terminology.from_json(s["terminology"])))
             for i, s in enumerate(structures)
         ],
         "terminology (type, modifier and region codes)",
