@@ -154,7 +154,12 @@ CASES = [
         "$.structures[1].terminology",
         "duplicate terminology (type, modifier and region codes) 'SCT:10200004 (Liver)'",
     ),
-    ("names differing by case", _set(["structures", 1, "name"], "LIVER"), "$.structures[1].name", "duplicate name 'liver'"),
+    (
+        "names differing by case",
+        _set(["structures", 1, "name"], "LIVER"),
+        "$.structures[1].name",
+        "duplicate name 'liver'",
+    ),
     (
         "reserved character in a code",
         _set(["structures", 0, "terminology", "type", "CodeMeaning"], "Liver~left"),

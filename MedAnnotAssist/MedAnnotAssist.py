@@ -1,0 +1,283 @@
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import *
+from slicer.util import VTKObservationMixin
+
+from MedAnnotAssistLib.mrml.scene import SceneContext
+from MedAnnotAssistLib.widgets.protocol_panel import ProtocolPanel
+
+if TYPE_CHECKING:
+    from MedAnnotAssistLib.core.protocol import Protocol
+    from MedAnnotAssistLib.core.protocol_check import ProtocolCheck
+    from MedAnnotAssistLib.mrml.protocol_segments import AppliedProtocol
+
+RESOURCES_DIR = Path(__file__).resolve().parent / "Resources"
+
+
+def ensureProtocolRequirements(installInTesting: bool = False) -> None:
+    """Install jsonschema (protocol validation) on first use; Slicer bundles every other dependency.
+
+    In testing mode Slicer skips installations unless ``installInTesting`` (the module's own test needs it).
+    """
+    try:
+        import jsonschema  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return
+    requirements = RESOURCES_DIR / "requirements.txt"
+    try:
+        from slicer import packaging
+    except ImportError:  # Slicer 5.10 has no slicer.packaging yet
+        lines = [line.strip() for line in requirements.read_text(encoding="utf-8").splitlines()]
+        specs = [line for line in lines if line and not line.startswith("#")]
+        if not slicer.util.confirmOkCancelDisplay(
+            _("MedAnnotAssist needs these Python packages to read protocols:\n{packages}\n\nInstall them now?").format(
+                packages="\n".join(specs)
+            )
+        ):
+            message = _("Protocols cannot be read without: {packages}").format(packages=", ".join(specs))
+            raise RuntimeError(message) from None
+        slicer.util.pip_install(specs)
+    else:
+        requirementList = packaging.load_requirements(requirements)
+        packaging.pip_ensure(requirementList, requester="MedAnnotAssist", skip_in_testing=not installInTesting)
+    import jsonschema  # noqa: F401  (fails clearly if the installation was skipped, e.g. in testing mode)
+
+
+class MedAnnotAssist(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAnnotAssist")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "Terminologies"]
+        self.parent.contributors = ["MedAnnotAssist developers"]
+        self.parent.helpText = _("""
+Protocol-driven annotation: choose an annotation protocol, apply it to a segmentation to get one segment
+per structure (name, colour and DICOM codes from the protocol), draw them with the Segment Editor and
+check completion and sanity rules (volume, connected components, laterality, containment) before submitting.
+See <a href="https://github.com/medannotassist/MedAnnotAssist">the project page</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer, its Segmentations and Terminologies modules and its scripted module template.
+""")
+
+
+@parameterNodeWrapper
+class MedAnnotAssistParameterNode:
+    """inputVolume: image to annotate; segmentation: its protocol segments; protocolPath: protocol JSON file."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    protocolPath: str = ""
+
+
+class MedAnnotAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.panel = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnnotAssist.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MedAnnotAssistLogic()
+        self.panel = ProtocolPanel(self.ui, self.logic)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.panel:
+            self.panel.cleanup()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        # Stop re-checking while the user paints in another module; entering again re-checks once.
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: MedAnnotAssistParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        self.panel.setParameterNode(inputParameterNode)
+        if self._parameterNode:
+            # Widgets with the SlicerParameterName property in the .ui are bound to the parameter of that name.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.panel.updateFromParameterNode()
+
+
+class MedAnnotAssistLogic(ScriptedLoadableModuleLogic):
+    """Facade over MedAnnotAssistLib.mrml for the widget, the Python console and other modules."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MedAnnotAssistParameterNode(super().getParameterNode())
+
+    def context(self) -> SceneContext:
+        return SceneContext.fromApplication(slicer.mrmlScene, slicer.app.applicationLogic())
+
+    def bundledProtocolChoices(self) -> list[tuple[str, str]]:
+        """(label, path) of each bundled protocol, read without validation (that needs jsonschema)."""
+        choices = []
+        for path in sorted((RESOURCES_DIR / "Protocols").glob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                label = protocolLabel(data["title"], data["id"], data["version"])
+            except (OSError, ValueError, KeyError, TypeError):
+                label = path.name  # loading it reports every problem
+            choices.append((label, str(path)))
+        return choices
+
+    def loadProtocol(self, path: str | os.PathLike) -> "Protocol":
+        """Load and validate a protocol file; raises ProtocolError listing every problem."""
+        ensureProtocolRequirements()
+        from MedAnnotAssistLib.core.protocol import load_protocol
+
+        return load_protocol(path)
+
+    def applyProtocol(
+        self, protocol: "Protocol", segmentationNode=None, volumeNode=None
+    ) -> tuple[vtkMRMLSegmentationNode, "AppliedProtocol"]:
+        """One segment per structure; creates a segmentation on ``volumeNode`` if none is given."""
+        from MedAnnotAssistLib.mrml import protocol_segments
+        from MedAnnotAssistLib.mrml.segmentation import newSegmentation
+
+        if segmentationNode is None:
+            if volumeNode is None:
+                raise ValueError(_("Select an input volume or a segmentation to apply the protocol to."))
+            name = slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} {protocol.id}")
+            segmentationNode = newSegmentation(self.context(), volumeNode, name)
+        else:
+            geometryName = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+            if volumeNode is not None and not segmentationNode.GetSegmentation().GetConversionParameter(geometryName):
+                segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            if segmentationNode.GetDisplayNode() is None:
+                segmentationNode.CreateDefaultDisplayNodes()
+        return segmentationNode, protocol_segments.applyProtocol(segmentationNode, protocol)
+
+    def check(self, protocol: "Protocol", segmentationNode, updateStatus: bool = True) -> "ProtocolCheck":
+        from MedAnnotAssistLib.mrml.protocol_segments import checkSegmentation
+
+        return checkSegmentation(segmentationNode, protocol, updateStatus=updateStatus)
+
+    def declareAbsent(self, protocol: "Protocol", segmentationNode, structureId: str, absent: bool = True) -> None:
+        from MedAnnotAssistLib.mrml.protocol_segments import declareAbsent
+
+        declareAbsent(segmentationNode, protocol, structureId, absent)
+
+    def structureSegments(self, protocol: "Protocol", segmentationNode) -> dict[str, str]:
+        from MedAnnotAssistLib.mrml.protocol_segments import structureSegments
+
+        return structureSegments(segmentationNode, protocol)
+
+
+def protocolLabel(title: str, protocolId: str, version: str) -> str:
+    return f"{title} ({protocolId} v{version})"
+
+
+class MedAnnotAssistTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ProtocolSegmentsSurviveSaveAndLoad()
+
+    def assertSegmentsFollowProtocol(self, protocol, segmentationNode, segments):
+        from MedAnnotAssistLib.core.terminology import TERMINOLOGY_TAG, to_slicer_string
+        from MedAnnotAssistLib.mrml.segmentation import getTag
+
+        segmentation = segmentationNode.GetSegmentation()
+        for structure in protocol.structures:
+            self.assertIn(structure.id, segments, f"no segment for {structure.id}")
+            segment = segmentation.GetSegment(segments[structure.id])
+            self.assertEqual(segment.GetName(), structure.name)
+            np.testing.assert_allclose(segment.GetColor(), structure.color_rgb, atol=1e-3)
+            self.assertEqual(getTag(segment, TERMINOLOGY_TAG), to_slicer_string(structure.terminology))
+
+    def test_ProtocolSegmentsSurviveSaveAndLoad(self):
+        self.delayDisplay("Starting the test")
+        ensureProtocolRequirements(installInTesting=True)
+        logic = MedAnnotAssistLogic()
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MedAnnotAssistTestCT")
+        volume.SetSpacing(4.0, 4.0, 4.0)  # 0.064 ml voxels
+        slicer.util.updateVolumeFromArray(volume, np.full((48, 64, 64), -1000, dtype=np.int16))
+
+        protocol = logic.loadProtocol(RESOURCES_DIR / "Protocols" / "abdominal-organs.json")
+        segmentationNode, applied = logic.applyProtocol(protocol, volumeNode=volume)
+        self.assertEqual(applied.created, [s.id for s in protocol.structures])
+        segments = logic.structureSegments(protocol, segmentationNode)
+        self.assertSegmentsFollowProtocol(protocol, segmentationNode, segments)
+        self.assertEqual(logic.check(protocol, segmentationNode).structure("liver").state, "pending")
+        self.delayDisplay("Protocol applied")
+
+        k, j, i = np.ogrid[:48, :64, :64]
+        sphere = ((k - 24) ** 2 + (j - 32) ** 2 + (i - 20) ** 2 <= 15**2).astype(np.uint8)  # about 900 ml
+        slicer.util.updateSegmentBinaryLabelmapFromArray(sphere, segmentationNode, segments["liver"], volume)
+        logic.declareAbsent(protocol, segmentationNode, "gallbladder")
+        before = logic.check(protocol, segmentationNode)
+        liver = before.structure("liver")
+        self.assertNotEqual(liver.state, "pending")
+        self.assertAlmostEqual(liver.volume_ml, int(sphere.sum()) * 0.064, places=3)
+        self.assertEqual(liver.components, 1)
+        self.assertEqual(before.structure("gallbladder").state, "absent")
+        self.assertFalse(before.ready)  # the other required organs are still empty
+        self.delayDisplay("Liver drawn and checked")
+
+        from MedAnnotAssistLib.mrml.protocol_segments import structureStatus
+        from MedAnnotAssistLib.mrml.segmentation import loadSegmentation, saveSegmentation
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = saveSegmentation(segmentationNode, Path(folder) / "case.seg.nrrd")
+            reloaded = loadSegmentation(logic.context(), path)
+        reloadedSegments = logic.structureSegments(protocol, reloaded)
+        self.assertSegmentsFollowProtocol(protocol, reloaded, reloadedSegments)
+        self.assertEqual(structureStatus(reloaded, protocol), structureStatus(segmentationNode, protocol))
+        after = logic.check(protocol, reloaded, updateStatus=False)
+        self.assertEqual([s.state for s in after.structures], [s.state for s in before.structures])
+        self.assertAlmostEqual(after.structure("liver").volume_ml, liver.volume_ml, places=3)
+        self.delayDisplay("Test passed")
