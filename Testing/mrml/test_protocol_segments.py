@@ -74,6 +74,7 @@ def test_apply_save_reload_keeps_everything(context, sample_dir, tmp_path, proto
         assert from_slicer_string(getTag(segment, "TerminologyEntry")) == structure.terminology
         assert getTag(segment, ps.STRUCTURE_TAG) == structure.id
         assert getTag(segment, ps.PROTOCOL_TAG) == protocol.label
+        assert getTag(segment, ps.CHECKSUM_TAG) == protocol.checksum
         assert getTag(segment, ps.STATUS_TAG) == PENDING
         assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentStatus(segment) == 0  # Slicer's NotStarted
     assert ps.protocolLabelOf(reloaded) == protocol.label

@@ -2,8 +2,9 @@
 
 Each protocol segment carries tags that survive a ``.seg.nrrd`` round trip:
 ``TerminologyEntry`` (Slicer's codes, shown by its Terminologies UI), ``MedAnnotAssist.StructureId``,
-``MedAnnotAssist.Protocol`` (``id@version``) and ``MedAnnotAssist.Status`` (see
-``core.protocol_check.STATES``). Slicer's own segment status (shown in the Segment Editor) follows it.
+``MedAnnotAssist.Protocol`` (``id@version``), ``MedAnnotAssist.ProtocolChecksum`` (SHA-256 of the
+protocol) and ``MedAnnotAssist.Status`` (see ``core.protocol_check.STATES``). Slicer's own segment
+status (shown in the Segment Editor) follows it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .segmentation import getTag, segmentIds, segmentMasks
 STRUCTURE_TAG = "MedAnnotAssist.StructureId"
 PROTOCOL_TAG = "MedAnnotAssist.Protocol"
 STATUS_TAG = "MedAnnotAssist.Status"
+CHECKSUM_TAG = "MedAnnotAssist.ProtocolChecksum"
 
 _SLICER_STATUS = {
     PENDING: "NotStarted",
@@ -83,6 +85,7 @@ def _styleSegment(segment, structure: Structure, protocol: Protocol) -> None:
     segment.SetTag(TERMINOLOGY_TAG, to_slicer_string(structure.terminology))
     segment.SetTag(STRUCTURE_TAG, structure.id)
     segment.SetTag(PROTOCOL_TAG, protocol.label)
+    segment.SetTag(CHECKSUM_TAG, protocol.checksum)  # proves which exact protocol text the segments follow
     if getTag(segment, STATUS_TAG) not in STATES:
         _setStatus(segment, PENDING)
 
@@ -123,7 +126,7 @@ def applyProtocol(segmentationNode, protocol: Protocol) -> AppliedProtocol:
             position += 1
         report.extra = [segmentation.GetSegment(segmentId).GetName() for segmentId in free]
         segmentationNode.SetAttribute(PROTOCOL_TAG, protocol.label)
-        segmentationNode.SetAttribute("MedAnnotAssist.ProtocolChecksum", protocol.checksum)
+        segmentationNode.SetAttribute(CHECKSUM_TAG, protocol.checksum)
     finally:
         segmentationNode.EndModify(wasModifying)
     return report
