@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean
+.PHONY: run test lint format venv bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 ## test: the whole test suite (slow tests included)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## bench: our consensus engine against its peers; writes docs/benchmarks.md (minutes)
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[mrml,test,bench]'
+	$(BIN)/python bench/consensus.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -47,10 +47,11 @@ class SceneContext:
     volumesLogic: object
     colorLogic: object
     subjectHierarchyLogic: object | None = None
+    volumeRenderingLogic: object | None = None
 
     @classmethod
     def headless(cls, shareDirectory: str | Path | None = None) -> SceneContext:
-        """A fresh scene with Colors, Volumes, Terminologies, Segmentations and SubjectHierarchy logics."""
+        """A fresh scene with Colors, Volumes, Terminologies, Segmentations, SubjectHierarchy, VolumeRendering logic."""
         share = Path(shareDirectory) if shareDirectory else slicer_share_directory()
         scene = slicer.vtkMRMLScene()
         appLogic = slicer.vtkSlicerApplicationLogic()
@@ -72,7 +73,9 @@ class SceneContext:
         terminologies = register(slicer.vtkSlicerTerminologiesModuleLogic(), "Terminologies", "terminologies")
         segmentations = register(slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations")
         subjectHierarchy = register(slicer.vtkSlicerSubjectHierarchyModuleLogic(), "SubjectHierarchy")
-        return cls(scene, appLogic, segmentations, terminologies, volumes, colors, subjectHierarchy)
+        # The application logic holds module logics by weak pointer: the context keeps this one alive.
+        volumeRendering = register(slicer.vtkSlicerVolumeRenderingLogic(), "VolumeRendering")  # presets.xml in share
+        return cls(scene, appLogic, segmentations, terminologies, volumes, colors, subjectHierarchy, volumeRendering)
 
     @classmethod
     def fromApplication(cls, scene, applicationLogic) -> SceneContext:
@@ -92,6 +95,7 @@ class SceneContext:
             logic("Volumes"),
             logic("Colors"),
             applicationLogic.GetModuleLogic("SubjectHierarchy"),
+            applicationLogic.GetModuleLogic("VolumeRendering"),
         )
 
     def loadedTerminologyNames(self) -> list[str]:

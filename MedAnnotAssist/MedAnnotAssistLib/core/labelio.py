@@ -1,0 +1,226 @@
+"""Readers' label files in, consensus files out, without Slicer: Slicer ``.seg.nrrd`` files and
+NIfTI/NRRD labelmaps read and written with SimpleITK.
+
+A reader is a set of named label layers on one image grid. A ``.seg.nrrd`` names its segments in its
+header (``SegmentN_Name``, ``SegmentN_LabelValue``, ``SegmentN_Layer``, ``SegmentN_Tags``); a plain
+labelmap needs a JSON map from label value to structure name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .protocol import Protocol, Structure
+
+STRUCTURE_TAG = "MedAnnotAssist.StructureId"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An image grid in ITK's LPS physical space; ``size`` and ``spacing`` in (i, j, k) order."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image) -> Geometry:
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()), image.GetDirection())
+
+    @property
+    def array_spacing(self) -> tuple[float, ...]:
+        """Spacing in numpy array axis order (k, j, i)."""
+        return tuple(reversed(self.spacing))
+
+    @property
+    def voxel_count(self) -> int:
+        return int(np.prod(self.size))
+
+    def differences(self, other: Geometry, tolerance: float = 1e-4) -> list[str]:
+        problems = []
+        if self.size != other.size:
+            problems.append(f"size {_fmt(other.size)} instead of {_fmt(self.size)}")
+        for name in ("spacing", "origin", "direction"):
+            mine, theirs = np.array(getattr(self, name)), np.array(getattr(other, name))
+            if mine.shape != theirs.shape or not np.allclose(mine, theirs, atol=tolerance * max(self.spacing), rtol=0):
+                problems.append(f"{name} {_fmt(theirs)} instead of {_fmt(mine)}")
+        return problems
+
+    def apply(self, image) -> None:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+
+
+def _fmt(values) -> str:
+    return " x ".join(f"{float(v):g}" for v in values)
+
+
+@dataclass
+class ReaderLabels:
+    """One reader's segmentation: label layers (numpy, k j i) and where each structure lives in them."""
+
+    name: str
+    path: Path | None
+    geometry: Geometry
+    layers: list[np.ndarray]
+    segments: dict[str, tuple[int, int]]  # protocol structure id -> (layer, label value)
+    unmatched: list[str] = field(default_factory=list)  # segment names that are not in the protocol
+
+    def mask(self, structure_id: str, box: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The structure's mask (cropped to ``box``); all False when the reader has no such segment."""
+        shape = self.layers[0].shape if box is None else tuple(s.stop - s.start for s in box)
+        if structure_id not in self.segments:
+            return np.zeros(shape, bool)
+        layer, value = self.segments[structure_id]
+        labels = self.layers[layer] if box is None else self.layers[layer][box]
+        return labels == value
+
+
+def match_structure(protocol: Protocol, name: str, structure_id: str | None = None) -> Structure | None:
+    """The protocol structure a segment stands for: by its StructureId tag, else by id, name or TG-263
+    name ignoring case."""
+    if structure_id:
+        for structure in protocol.structures:
+            if structure.id == structure_id:
+                return structure
+    wanted = name.strip().casefold()
+    for structure in protocol.structures:
+        if wanted in {structure.id.casefold(), structure.name.casefold(), (structure.tg263 or "").casefold()}:
+            return structure
+    return None
+
+
+def read_label_map_json(path: str | Path) -> dict[int, str]:
+    from .sample_data import load_label_names
+
+    return load_label_names(path)
+
+
+def read_reader(
+    path: str | Path, protocol: Protocol, label_names: dict[int, str] | None = None, name: str | None = None
+) -> ReaderLabels:
+    """Read a ``.seg.nrrd`` or a labelmap (NIfTI/NRRD with ``label_names``) and map it onto the protocol."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot read as an image: {str(exc).strip().splitlines()[-1]}") from None
+    keys = set(image.GetMetaDataKeys())
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:  # a multi-layer .seg.nrrd: one component per layer
+        layers = [np.ascontiguousarray(array[..., index]) for index in range(array.shape[-1])]
+    else:
+        layers = [array]
+    for layer in layers:
+        if not np.issubdtype(layer.dtype, np.integer):
+            raise ValueError(f"{path}: expected integer labels, got {layer.dtype} voxels")
+    if "Segment0_Name" in keys:
+        named = _seg_nrrd_segments(image, keys)
+    elif label_names is not None:
+        named = [(label, 0, value, None) for value, label in sorted(label_names.items())]
+    else:
+        raise ValueError(f"{path}: a labelmap needs a JSON map of label values to structure names (--labels-json)")
+    segments, unmatched = {}, []
+    for label, layer, value, structure_id in named:
+        structure = match_structure(protocol, label, structure_id)
+        if structure is None:
+            unmatched.append(label)
+        elif structure.id not in segments:
+            segments[structure.id] = (layer, value)
+    reader_name = name or path.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".nrrd").removesuffix(".seg")
+    return ReaderLabels(reader_name, path, Geometry.of(image), layers, segments, unmatched)
+
+
+def _seg_nrrd_segments(image, keys) -> list[tuple[str, int, int, str | None]]:
+    segments, index = [], 0
+    while f"Segment{index}_Name" in keys:
+        prefix = f"Segment{index}_"
+        layer = int(image.GetMetaData(prefix + "Layer")) if prefix + "Layer" in keys else 0
+        value = int(image.GetMetaData(prefix + "LabelValue")) if prefix + "LabelValue" in keys else 1
+        tags = image.GetMetaData(prefix + "Tags") if prefix + "Tags" in keys else ""
+        structure_id = None
+        for tag in tags.split("|"):
+            key, _, tag_value = tag.partition(":")
+            if key == STRUCTURE_TAG:
+                structure_id = tag_value
+        segments.append((image.GetMetaData(prefix + "Name"), layer, value, structure_id))
+        index += 1
+    return segments
+
+
+def check_same_grid(readers: list[ReaderLabels]) -> None:
+    """Raise a ValueError naming the files when the readers are not on one image grid."""
+    first = readers[0]
+    problems = []
+    for reader in readers[1:]:
+        for difference in first.geometry.differences(reader.geometry):
+            problems.append(f"{reader.path or reader.name}: {difference} (as in {first.path or first.name})")
+    if problems:
+        raise ValueError("the readers' segmentations are not on one image grid:\n  " + "\n  ".join(problems))
+
+
+def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry) -> Path:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    geometry.apply(image)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return Path(path)
+
+
+def write_seg_nrrd(
+    path: str | Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    segments: list[tuple[int, Structure]],
+    protocol: Protocol | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> Path:
+    """Write a one-layer Slicer segmentation: ``segments`` are (label value, protocol structure)."""
+    import SimpleITK as sitk
+
+    from .terminology import to_slicer_string
+
+    image = sitk.GetImageFromArray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+    geometry.apply(image)
+    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    extent = " ".join(f"0 {size - 1}" for size in geometry.size)
+    for index, (value, structure) in enumerate(segments):
+        prefix = f"Segment{index}_"
+        tags = {"TerminologyEntry": to_slicer_string(structure.terminology), STRUCTURE_TAG: structure.id}
+        if protocol is not None:
+            tags["MedAnnotAssist.Protocol"] = f"{protocol.id}@{protocol.version}"
+            tags["MedAnnotAssist.ProtocolChecksum"] = protocol.checksum
+        tags.update(extra_tags or {})
+        values = {
+            "ID": structure.id,
+            "Name": structure.name,
+            "NameAutoGenerated": "0",
+            "Color": " ".join(f"{c:g}" for c in structure.color_rgb),
+            "ColorAutoGenerated": "0",
+            "LabelValue": str(value),
+            "Layer": "0",
+            "Extent": extent,
+            "Tags": "".join(f"{key}:{tag}|" for key, tag in tags.items()),
+        }
+        for key, text in values.items():
+            image.SetMetaData(prefix + key, text)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return Path(path)
+
+
+def write_json(path: str | Path, data) -> Path:
+    Path(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return Path(path)

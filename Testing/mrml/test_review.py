@@ -1,0 +1,84 @@
+"""ReviewSession on slicer-core: the real readers loaded as segmentation nodes, the consensus node, the
+disagreement volume, the metrics table and a volume rendering of the disagreement over the CT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from MedAnnotAssistLib.core.consensus import compute_consensus
+from MedAnnotAssistLib.core.consensus_files import read_readers
+from MedAnnotAssistLib.core.protocol import bundled_protocol
+from MedAnnotAssistLib.mrml.protocol_segments import structureSegments
+from MedAnnotAssistLib.mrml.review import ReviewSession, geometryFromIjkToRas, ijkToRasFromGeometry
+from MedAnnotAssistLib.mrml.segmentation import segmentMasks
+from MedAnnotAssistLib.mrml.volumes import arrayFromVolume, ijkToRas, loadVolume
+
+from ..consensus.conftest import ABDOMEN_LABELS
+from .test_rendering import _foreground, _pixels, _warm
+
+PROTOCOL = bundled_protocol("abdominal-organs")
+
+
+@pytest.fixture
+def session(context, sample_dir):
+    ct = loadVolume(context, sample_dir / "example_ct_sm.nii.gz", name="CT")
+    review = ReviewSession(context, PROTOCOL, imageNode=ct)
+    for name in ("example_seg", "example_seg_fast"):
+        review.addReaderFile(sample_dir / f"{name}.nii.gz", ABDOMEN_LABELS, name=name)
+    return review
+
+
+def test_review_session_equals_the_file_based_consensus(session, sample_dir):
+    result = session.compute()
+    files = [sample_dir / "example_seg.nii.gz", sample_dir / "example_seg_fast.nii.gz"]
+    expected = compute_consensus(read_readers(files, PROTOCOL, ABDOMEN_LABELS), PROTOCOL)
+    # applyProtocol gave each reader every protocol segment; the one nobody drew is agreed absent.
+    extra = [s for s in result.structures if s.structure.id not in {e.structure.id for e in expected.structures}]
+    assert [(s.structure.id, s.verdict, s.empty_readers) for s in extra] == [
+        ("superior_mesenteric_artery", "agreed", ["example_seg", "example_seg_fast"])
+    ]
+    ours_by_id = {s.structure.id: s for s in result.structures}
+    for theirs in expected.structures:
+        ours = ours_by_id[theirs.structure.id]
+        assert [p.as_dict() for p in ours.pairwise] == [p.as_dict() for p in theirs.pairwise], ours.structure.id
+    assert np.array_equal(arrayFromVolume(session.disagreementNode), expected.disagreement)
+
+    segments = structureSegments(session.consensusNode, PROTOCOL)
+    assert set(segments) == {s.structure.id for s in result.structures}
+    masks, _ = segmentMasks(session.consensusNode, [segments["liver"]])
+    assert np.array_equal(masks[segments["liver"]], expected.structure("liver").consensus_full(expected.labels.shape))
+
+    table = session.metricsTableNode.GetTable()
+    assert table.GetNumberOfRows() == len(result.structures)  # one pair per structure with two readers
+    assert table.GetColumnByName("Structure").GetValue(0) == "Liver"
+    assert table.GetColumnByName("Dice").GetValue(0) == pytest.approx(result.structures[0].pairwise[0].dice)
+    assert table.GetColumnByName("Verdict").GetValue(0) == "agreed"
+
+
+def test_ijk_to_ras_and_itk_geometry_round_trip(session):
+    node = session.imageNode
+    shape = arrayFromVolume(node).shape
+    geometry = geometryFromIjkToRas(ijkToRas(node), shape)
+    assert geometry.spacing == pytest.approx((3.0, 3.0, 3.0))
+    assert np.allclose(ijkToRasFromGeometry(geometry), ijkToRas(node))
+
+
+def test_disagreement_is_volume_rendered_over_the_ct(session, tmp_path):
+    session.compute()
+    display = session.showDisagreementIn3D()
+    assert display.GetVisibility()
+    pixels = _pixels(session.renderPng(tmp_path / "disagreement.png", size=(300, 300)))
+    foreground = _foreground(pixels)
+    assert foreground.mean() > 0.01  # the map shows
+    assert _warm(pixels)[foreground].mean() > 0.9  # in the yellow-to-red ramp
+
+
+def test_identical_readers_render_blank(context, sample_dir, tmp_path):
+    review = ReviewSession(context, PROTOCOL)
+    for name in ("first", "second"):
+        review.addReaderFile(sample_dir / "example_seg.nii.gz", ABDOMEN_LABELS, name=name)
+    result = review.compute()
+    assert result.disagreement.max() == 0
+    review.showDisagreementIn3D()
+    assert _foreground(_pixels(review.renderPng(tmp_path / "blank.png", size=(200, 200)))).mean() == 0
