@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from Testing.readers import ABDOMEN_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "MedAnnotAssist"
@@ -35,3 +38,25 @@ def sample_dir() -> Path:
 def total_labels(sample_dir) -> dict[int, str]:
     """TotalSegmentator label value -> name, as in labels_total.json."""
     return {int(k): v for k, v in json.loads((sample_dir / "labels_total.json").read_text()).items()}
+
+
+@pytest.fixture(scope="session")
+def real_readers(sample_dir):
+    """(full labels, fast labels, spacing in array order, SimpleITK image of the full labels)."""
+    import SimpleITK as sitk
+
+    full = sitk.ReadImage(str(sample_dir / "example_seg.nii.gz"))
+    fast = sitk.ReadImage(str(sample_dir / "example_seg_fast.nii.gz"))
+    return sitk.GetArrayFromImage(full), sitk.GetArrayFromImage(fast), full.GetSpacing()[::-1], full
+
+
+@pytest.fixture(scope="session")
+def labels_json(tmp_path_factory):
+    path = tmp_path_factory.mktemp("labels") / "abdomen-labels.json"
+    path.write_text(json.dumps({str(k): v for k, v in ABDOMEN_LABELS.items()}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def liver_truth(real_readers) -> np.ndarray:
+    return real_readers[0] == 5

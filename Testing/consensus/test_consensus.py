@@ -14,7 +14,7 @@ from MedAnnotAssistLib.core.labelio import read_reader
 from MedAnnotAssistLib.core.metrics import pairwise_metrics
 from MedAnnotAssistLib.core.protocol import bundled_protocol
 
-from .conftest import ABDOMEN_LABELS
+from ..readers import ABDOMEN_LABELS
 
 PROTOCOL = bundled_protocol("abdominal-organs")
 

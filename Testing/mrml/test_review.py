@@ -14,7 +14,7 @@ from MedAnnotAssistLib.mrml.review import ReviewSession, geometryFromIjkToRas, i
 from MedAnnotAssistLib.mrml.segmentation import segmentMasks
 from MedAnnotAssistLib.mrml.volumes import arrayFromVolume, ijkToRas, loadVolume
 
-from ..consensus.conftest import ABDOMEN_LABELS
+from ..readers import ABDOMEN_LABELS
 from .test_rendering import _foreground, _pixels, _warm
 
 PROTOCOL = bundled_protocol("abdominal-organs")

@@ -51,6 +51,29 @@ class Geometry:
                 problems.append(f"{name} {_fmt(theirs)} instead of {_fmt(mine)}")
         return problems
 
+    @property
+    def ijk_to_ras(self) -> np.ndarray:
+        """Slicer's 4x4 IJK-to-RAS matrix of this grid."""
+        lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+        n = len(self.spacing)
+        direction = np.eye(3)
+        direction[:n, :n] = np.asarray(self.direction, float).reshape(n, n)
+        spacing = np.ones(3)
+        spacing[:n] = self.spacing
+        origin = np.zeros(3)
+        origin[:n] = self.origin
+        matrix = np.eye(4)
+        matrix[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
+        matrix[:3, 3] = lps_to_ras @ origin
+        return matrix
+
+    def slicer_geometry_string(self) -> str:
+        """Slicer's serialized reference image geometry: the IJK-to-RAS matrix row by row, then the extent."""
+        values = [f"{v:.17g}" for v in self.ijk_to_ras.ravel()]
+        size = list(self.size) + [1] * (3 - len(self.size))
+        values += [str(v) for s in size for v in (0, s - 1)]
+        return ";".join(values) + ";"
+
     def apply(self, image) -> None:
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
@@ -196,6 +219,9 @@ def write_seg_nrrd(
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    image.SetMetaData(
+        "Segmentation_ConversionParameters", f"Reference image geometry|{geometry.slicer_geometry_string()}|&"
+    )
     extent = " ".join(f"0 {size - 1}" for size in geometry.size)
     for index, (value, structure) in enumerate(segments):
         prefix = f"Segment{index}_"

@@ -101,7 +101,7 @@ def _matrix_figure(item: StructureConsensus) -> str | None:
     import matplotlib.pyplot as plt
 
     n = len(item.readers)
-    figure, axes = plt.subplots(1, 2, figsize=(2.2 * n + 2, 0.9 * n + 1.4))
+    figure, axes = plt.subplots(1, 2, figsize=(2.6 * n + 3, 0.9 * n + 1.6), layout="constrained")
     for axis, key, title, cmap in ((axes[0], "dice", "Dice", "viridis"), (axes[1], "hd95_mm", "HD95 (mm)", "magma_r")):
         matrix = np.full((n, n), np.nan)
         for pair in item.pairwise:
@@ -110,7 +110,8 @@ def _matrix_figure(item: StructureConsensus) -> str | None:
         image = axis.imshow(np.where(np.isfinite(matrix), matrix, np.nan), cmap=cmap)
         for (i, j), value in np.ndenumerate(matrix):
             if i != j:
-                axis.text(j, i, _fmt(value, 2), ha="center", va="center", fontsize=8, color="w")
+                axis.text(j, i, _fmt(value, 2), ha="center", va="center", fontsize=8,
+                          bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
         axis.set_xticks(range(n), item.readers, rotation=45, ha="right", fontsize=8)
         axis.set_yticks(range(n), item.readers, fontsize=8)
         axis.set_title(title)
@@ -148,9 +149,10 @@ def _overlay_figure(result: ConsensusResult, item: StructureConsensus, image: np
         _display(item.consensus[local_k].astype(float), direction), levels=[0.5, 1.5], colors=["#ffd400"], alpha=0.45
     )
     consensus_axis.set_title(f"consensus ({result.fusion})", fontsize=9)
-    shown = map_axis.imshow(
-        _display(item.disagreement[local_k], direction), cmap="hot_r", vmin=0, vmax=1, aspect=extent_aspect
-    )
+    if background is not None:
+        map_axis.imshow(background, cmap="gray", aspect=extent_aspect)
+    values = np.ma.masked_equal(_display(item.disagreement[local_k], direction), 0)
+    shown = map_axis.imshow(values, cmap="autumn_r", vmin=0, vmax=1, aspect=extent_aspect)
     map_axis.set_title("disagreement", fontsize=9)
     figure.colorbar(shown, ax=map_axis, fraction=0.046)
     for axis in axes:

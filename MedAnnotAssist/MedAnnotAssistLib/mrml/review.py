@@ -45,11 +45,7 @@ def geometryFromIjkToRas(ijkToRas: np.ndarray, shape: tuple[int, ...]) -> Geomet
 
 
 def ijkToRasFromGeometry(geometry: Geometry) -> np.ndarray:
-    direction = np.asarray(geometry.direction, float).reshape(3, 3)
-    matrix = np.eye(4)
-    matrix[:3, :3] = _LPS @ direction @ np.diag(geometry.spacing)
-    matrix[:3, 3] = _LPS @ np.asarray(geometry.origin, float)
-    return matrix
+    return geometry.ijk_to_ras
 
 
 def readerFromSegmentation(segmentationNode, protocol: Protocol, name: str | None = None) -> ReaderLabels:
