@@ -60,3 +60,11 @@ def labels_json(tmp_path_factory):
 @pytest.fixture(scope="session")
 def liver_truth(real_readers) -> np.ndarray:
     return real_readers[0] == 5
+
+
+@pytest.fixture
+def context():
+    """A fresh headless Slicer scene on PyPI slicer-core."""
+    from MedAnnotAssistLib.mrml.scene import SceneContext
+
+    return SceneContext.headless()

@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     consensus.set_defaults(func=cmd_consensus)
 
+    from .cli_presegment import add_commands
+
+    add_commands(commands)
+
     demo = commands.add_parser("demo", help="fetch the sample CT and prepare it with a bundled protocol")
     demo.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path)
     demo.add_argument("--protocol", default="abdominal-organs")
@@ -232,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return EXIT_INVALID if isinstance(error, (KeyError, ValueError)) else 1
+    except RuntimeError as error:  # an engine that is not installed or a server that does not answer
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import fusion
+from .jobs import check_cancel
 from .labelio import ReaderLabels, check_same_grid
 from .metrics import PairMetrics, _json_number, pairwise_metrics, union_box
 from .protocol import Protocol, Structure
@@ -23,10 +24,6 @@ from .protocol import Protocol, Structure
 FUSIONS = ("staple", "majority", "multilabel-staple")
 AGREED, ADJUDICATE = "agreed", "needs adjudication"
 MARGIN = 2  # voxels around the union bounding box
-
-
-class CancelledError(Exception):
-    """Raised when the caller's ``cancel()`` returned True."""
 
 
 @dataclass
@@ -183,8 +180,7 @@ def compute_consensus(
     wanted = [s for s in protocol.structures if any(s.id in reader.segments for reader in readers)]
     results: list[StructureConsensus] = []
     for index, structure in enumerate(wanted):
-        if cancel is not None and cancel():
-            raise CancelledError("consensus cancelled")
+        check_cancel(cancel, "the consensus")
         if progress is not None:
             progress(index / max(len(wanted), 1), structure.name)
         tolerance = (structure.agreement.tolerance_mm if structure.agreement else None) or default_tolerance_mm

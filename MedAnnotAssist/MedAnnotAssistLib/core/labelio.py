@@ -208,8 +208,10 @@ def write_seg_nrrd(
     segments: list[tuple[int, Structure]],
     protocol: Protocol | None = None,
     extra_tags: dict[str, str] | None = None,
+    segment_tags: dict[str, dict[str, str]] | None = None,
 ) -> Path:
-    """Write a one-layer Slicer segmentation: ``segments`` are (label value, protocol structure)."""
+    """Write a one-layer Slicer segmentation: ``segments`` are (label value, protocol structure);
+    ``segment_tags`` adds tags to the segment of a structure id."""
     import SimpleITK as sitk
 
     from .terminology import to_slicer_string
@@ -230,6 +232,7 @@ def write_seg_nrrd(
             tags["MedAnnotAssist.Protocol"] = f"{protocol.id}@{protocol.version}"
             tags["MedAnnotAssist.ProtocolChecksum"] = protocol.checksum
         tags.update(extra_tags or {})
+        tags.update((segment_tags or {}).get(structure.id, {}))
         values = {
             "ID": structure.id,
             "Name": structure.name,
