@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv bench clean
+.PHONY: run test test-monailabel lint format venv bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ run: $(STAMP)
 ## test: the whole test suite (slow tests included)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-monailabel: the MONAI Label engine against a real MONAI Label server (builds var/monailabel-venv, several GB)
+MONAILABEL_VENV := var/monailabel-venv
+test-monailabel: $(STAMP)
+	test -x $(MONAILABEL_VENV)/bin/python || $(PYTHON) -m venv $(MONAILABEL_VENV)
+	$(MONAILABEL_VENV)/bin/python -m pip install --quiet monailabel==0.8.5 'pydicom<3' 'dicomweb-client<0.60' 'pynetdicom<3'
+	MEDANNOT_MONAILABEL_PYTHON=$(MONAILABEL_VENV)/bin/python $(BIN)/python -m pytest -m monailabel_server Testing/presegment
 
 ## bench: our consensus engine against its peers; writes docs/benchmarks.md (minutes)
 bench: $(STAMP)

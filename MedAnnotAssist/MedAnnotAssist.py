@@ -214,6 +214,37 @@ class MedAnnotAssistLogic(ScriptedLoadableModuleLogic):
 
         return structureSegments(segmentationNode, protocol)
 
+    # AI pre-segmentation: the engine runs in a worker thread; poll job.progress / job.done() with a QTimer
+    # and call finishPresegmentation on the main thread.
+
+    def startPresegmentation(self, volumeNode, engineName: str = "ct", structures=None, **engineOptions):
+        from MedAnnotAssistLib.core.engines import get_engine
+        from MedAnnotAssistLib.core.jobs import JobRunner
+        from MedAnnotAssistLib.mrml.presegment import imageFromVolume
+
+        if not hasattr(self, "_jobs"):
+            self._jobs = JobRunner()
+        engine = get_engine(engineName, **engineOptions)
+        image = imageFromVolume(volumeNode)  # voxels copied here, on the main thread
+        job = self._jobs.submit(f"{engineName}: {volumeNode.GetName()}", engine.run, image, structures)
+        job.engineInfo = engine.info()
+        return job
+
+    def finishPresegmentation(self, job, volumeNode, segmentationNode=None, protocol: "Protocol | None" = None):
+        from MedAnnotAssistLib.mrml.presegment import applyEngineResult
+
+        return applyEngineResult(self.context(), volumeNode, job.engineInfo, job.result(), segmentationNode, protocol)
+
+    def reviewSession(self, protocol: "Protocol", readerNodes, imageNode=None):
+        """Consensus of several readers' segmentation nodes: consensus node, disagreement map, metrics table."""
+        from MedAnnotAssistLib.mrml.review import ReviewSession
+
+        session = ReviewSession(self.context(), protocol, imageNode)
+        for node in readerNodes:
+            session.addReader(node)
+        session.compute()
+        return session
+
 
 def protocolLabel(title: str, protocolId: str, version: str) -> str:
     return f"{title} ({protocolId} v{version})"

@@ -152,3 +152,14 @@ def test_engine_result_off_the_volume_grid_is_refused(context, sample_dir, real_
     volume = loadVolume(context, sample_dir / "example_ct_sm.nii.gz")
     with pytest.raises(ValueError, match="not on the volume's grid"):
         applyEngineResult(context, volume, info, result)
+
+
+def test_image_from_volume_keeps_voxels_and_geometry(context, sample_dir, ct):
+    from MedAnnotAssistLib.mrml.presegment import imageFromVolume
+    from MedAnnotAssistLib.mrml.volumes import loadVolume
+
+    image = imageFromVolume(loadVolume(context, sample_dir / "example_ct_sm.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(ct))
+    assert image.GetOrigin() == pytest.approx(ct.GetOrigin(), abs=1e-4)
+    assert image.GetDirection() == pytest.approx(ct.GetDirection(), abs=1e-6)
+    assert image.GetSpacing() == pytest.approx(ct.GetSpacing())

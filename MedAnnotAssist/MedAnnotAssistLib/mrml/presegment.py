@@ -173,3 +173,15 @@ def growFromSeeds(context, volumeNode, seedLabels: np.ndarray, distancePenalty: 
         return imageDataToArray(output).copy()
     finally:
         context.scene.RemoveNode(seeds)
+
+
+def imageFromVolume(volumeNode):
+    """A SimpleITK copy of a scalar volume node (voxels and geometry) for the core engines."""
+    import SimpleITK as sitk
+
+    from .review import geometryFromIjkToRas
+
+    array = arrayFromVolume(volumeNode)
+    image = sitk.GetImageFromArray(np.array(array, copy=True))
+    geometryFromIjkToRas(ijkToRas(volumeNode), array.shape).apply(image)
+    return image
