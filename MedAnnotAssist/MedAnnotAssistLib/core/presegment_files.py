@@ -61,7 +61,7 @@ def write_engine_result(path: str | Path, image, engine, result: EngineResult, p
     if not path.name.endswith(".seg.nrrd"):
         raise EngineError(f"{path}: the output must be a .seg.nrrd file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f".{path.name}.partial.nrrd")
     write_seg_nrrd(partial, result.labels, geometry, segments, protocol, segment_tags=tags)
     partial.replace(path)  # nothing half-written under the final name
     return {"structures": summary, "uncertainty": result.uncertainty, "provenance": result.provenance}
