@@ -28,6 +28,7 @@ instead (NaN for 0/0, infinite distances).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -35,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 CONVENTIONS = ("surfels", "voxels")
+TOLERANCE_SLACK = 1e-6  # relative: float32 distance maps must not push a distance equal to τ past it
 EMPTY_POLICIES = ("defined", "deepmind")
 
 
@@ -124,7 +126,23 @@ class _Surface:
 
     def distance_map(self, spacing) -> np.ndarray:
         """Distance in mm from every corner of the crop to the nearest surface element of this reader."""
-        return ndimage.distance_transform_edt(~self.borders, sampling=spacing)
+        return distance_to(self.borders, spacing)
+
+
+def distance_to(target: np.ndarray, spacing) -> np.ndarray:
+    """Euclidean distance in mm from every voxel to the nearest True voxel of ``target`` (0 on it).
+
+    Uses the ``edt`` package (exact, multi-threaded, float32) when installed, else scipy's exact
+    float64 transform. float32 distances differ from float64 ones by less than 1e-5 mm on these grids;
+    a distance equal to the surface Dice tolerance is kept within it by ``TOLERANCE_SLACK``.
+    """
+    try:
+        import edt
+    except ImportError:
+        return ndimage.distance_transform_edt(~target, sampling=spacing)
+    return edt.edt(
+        np.ascontiguousarray(~target), anisotropy=tuple(spacing), black_border=False, parallel=os.cpu_count() or 1
+    )
 
 
 def _weighted_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:
@@ -244,7 +262,8 @@ def _pair(a, b, ra, rb, d_ab, d_ba, unit, tolerance_mm, percent) -> PairMetrics:
     hd95 = max(_weighted_percentile(d_ab, sa.areas, percent), _weighted_percentile(d_ba, sb.areas, percent))
     weighted_ab, weighted_ba = float(d_ab @ sa.areas), float(d_ba @ sb.areas)
     assd = (weighted_ab + weighted_ba) / (sa.total_area + sb.total_area)
-    within = float(sa.areas[d_ab <= tolerance_mm].sum() + sb.areas[d_ba <= tolerance_mm].sum())
+    limit = tolerance_mm * (1.0 + TOLERANCE_SLACK)
+    within = float(sa.areas[d_ab <= limit].sum() + sb.areas[d_ba <= limit].sum())
     return PairMetrics(
         a=a,
         b=b,
@@ -270,7 +289,7 @@ def _voxel_distances(readers, spacing) -> dict[tuple[int, int], np.ndarray]:
     for j, target in enumerate(readers):
         if target.voxels == 0:
             continue
-        distance = ndimage.distance_transform_edt(~target.mask, sampling=spacing)
+        distance = distance_to(target.mask, spacing)
         for i, source in enumerate(readers):
             if i != j and source.voxels:
                 directed[i, j] = distance[source.mask]
