@@ -27,6 +27,7 @@ instead (NaN for 0/0, infinite distances).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 CONVENTIONS = ("surfels", "voxels")
+EDT_MIN_VOXELS = 150_000  # below this scipy's transform beats edt's thread start-up
 TOLERANCE_SLACK = 1e-6  # relative: float32 distance maps must not push a distance equal to τ past it
 EMPTY_POLICIES = ("defined", "deepmind")
 
@@ -97,7 +99,8 @@ def union_box(boxes: Sequence[tuple[slice, ...] | None], shape: Sequence[int], m
     )
 
 
-def _area_table(spacing: Sequence[float]) -> np.ndarray:
+@functools.lru_cache(maxsize=16)
+def _area_table(spacing: tuple[float, ...]) -> np.ndarray:
     from surface_distance import lookup_tables
 
     if len(spacing) == 3:
@@ -139,6 +142,8 @@ def distance_to(target: np.ndarray, spacing) -> np.ndarray:
     try:
         import edt
     except ImportError:
+        edt = None
+    if edt is None or target.size < EDT_MIN_VOXELS:  # scipy is quicker on small crops
         return ndimage.distance_transform_edt(~target, sampling=spacing)
     return edt.edt(
         np.ascontiguousarray(~target), anisotropy=tuple(spacing), black_border=False, parallel=os.cpu_count() or 1
