@@ -119,12 +119,6 @@ def match_structure(protocol: Protocol, name: str, structure_id: str | None = No
     return None
 
 
-def read_label_map_json(path: str | Path) -> dict[int, str]:
-    from .sample_data import load_label_names
-
-    return load_label_names(path)
-
-
 def read_reader(
     path: str | Path, protocol: Protocol, label_names: dict[int, str] | None = None, name: str | None = None
 ) -> ReaderLabels:

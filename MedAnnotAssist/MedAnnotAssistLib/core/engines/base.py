@@ -137,22 +137,19 @@ class Engine(ABC):
         return [info.structure(s).id for s in structures]
 
 
+def _same(a: Code | None, b: Code | None) -> bool:
+    return a is None and b is None or (a is not None and a.same_concept(b))
+
+
 def match_protocol(info: EngineInfo, protocol: Protocol) -> dict[str, Structure]:
     """Engine structure id -> protocol structure, by type code and modifier, else by id or name."""
     matched = {}
     for item in info.structures:
         for structure in protocol.structures:
-            same_code = item.terminology.type.same_concept(structure.terminology.type)
-            same_modifier = (item.terminology.type_modifier is None) == (
-                structure.terminology.type_modifier is None
-            ) and (item.terminology.type_modifier is None or item.terminology.type_modifier.same_concept(
-                structure.terminology.type_modifier
-            ))  # fmt: skip
-            if (
-                (same_code and same_modifier)
-                or item.id == structure.id
-                or item.name.casefold() == structure.name.casefold()
-            ):
+            same_codes = _same(item.terminology.type, structure.terminology.type) and _same(
+                item.terminology.type_modifier, structure.terminology.type_modifier
+            )
+            if same_codes or item.id == structure.id or item.name.casefold() == structure.name.casefold():
                 matched[item.id] = structure
                 break
     return matched
