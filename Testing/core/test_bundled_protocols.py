@@ -91,7 +91,14 @@ def test_cli_validate_and_list_bundled(capsys):
     assert main(["protocol", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["id"] for r in rows} == EXPECTED
-    assert all(r["structures"] >= 3 and r["version"] == "1.0.0" for r in rows)
+    assert all(r["structures"] >= 3 for r in rows)
+    # 1.1.0 added TG-263 names (RTSTRUCT export needs them)
+    assert {r["id"]: r["version"] for r in rows} == {
+        "abdominal-organs": "1.1.0",
+        "head-neck-oar": "1.0.0",
+        "liver-lesion": "1.1.0",
+        "lung-nodule": "1.1.0",
+    }
 
 
 def test_unknown_bundled_id_is_a_clear_error():

@@ -60,14 +60,14 @@ def test_prepare_and_check_a_real_case(tmp_path, sample_dir):
         sample_dir / "labels_total.json",
     )
     assert result.returncode == 0, result.stderr
-    assert "liver-lesion@1.0.0: 3 segment(s) created, 1 matched, 40 not in the protocol" in result.stdout
+    assert "liver-lesion@1.1.0: 3 segment(s) created, 1 matched, 40 not in the protocol" in result.stdout
     assert "Open it in 3D Slicer" in result.stdout
     ct = sitk.ReadImage(str(out / "example_ct_sm.nrrd"))
     original = sitk.ReadImage(str(sample_dir / "example_ct_sm.nii.gz"))
     assert ct.GetSize() == original.GetSize()
     assert sitk.GetArrayViewFromImage(ct).tolist() == sitk.GetArrayViewFromImage(original).tolist()
     report = json.loads((out / "example_ct_sm.check.json").read_text())
-    assert report["protocol"] == "liver-lesion@1.0.0" and report["ready"] is True
+    assert report["protocol"] == "liver-lesion@1.1.0" and report["ready"] is True
     assert {s["structure_id"]: s["state"] for s in report["structures"]}["liver"] == "complete"
 
     checked = run("check", out / "example_ct_sm.seg.nrrd", "--protocol", "liver-lesion", "--json")

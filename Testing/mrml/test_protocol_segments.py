@@ -127,5 +127,5 @@ def test_required_structure_cannot_be_declared_absent(context, sample_dir):
     protocol = bundled_protocol("abdominal-organs")
     node = newSegmentation(context, loadVolume(context, sample_dir / "example_ct_sm.nii.gz"))
     ps.applyProtocol(node, protocol)
-    with pytest.raises(ValueError, match="'Liver' is required by abdominal-organs@1.0.0"):
+    with pytest.raises(ValueError, match="'Liver' is required by abdominal-organs@1.1.0"):
         ps.declareAbsent(node, protocol, "liver")

@@ -247,3 +247,52 @@ def write_seg_nrrd(
 def write_json(path: str | Path, data) -> Path:
     Path(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def reoriented(reader: ReaderLabels, target: Geometry, tolerance: float = 1e-3) -> ReaderLabels:
+    """The reader's layers on ``target`` when both grids hold the same voxels in another axis order or
+    direction (a NIfTI from a DICOM series is often flipped): an exact permutation and flip, never an
+    interpolation. A ValueError names the difference when the grids are not the same set of voxels."""
+    source = reader.geometry
+    if len(source.size) != 3 or len(target.size) != 3:
+        if source.differences(target):
+            raise ValueError(f"{reader.path or reader.name}: {'; '.join(target.differences(source))}")
+        return reader
+    source_axes = np.asarray(source.direction, float).reshape(3, 3) * np.asarray(source.spacing)
+    target_axes = np.asarray(target.direction, float).reshape(3, 3) * np.asarray(target.spacing)
+    # target step along axis t, in source index units: a signed unit vector when the grids match
+    steps = np.linalg.solve(source_axes, target_axes)
+    start = np.linalg.solve(source_axes, np.asarray(target.origin, float) - np.asarray(source.origin, float))
+    rounded_steps, rounded_start = np.round(steps), np.round(start)
+    permutation = np.abs(rounded_steps).argmax(axis=0)  # source axis for each target axis
+    exact = (
+        np.allclose(steps, rounded_steps, atol=tolerance)
+        and np.allclose(start, rounded_start, atol=tolerance)
+        and sorted(permutation.tolist()) == [0, 1, 2]
+        and np.all(np.abs(rounded_steps).sum(axis=0) == 1)
+    )
+    if exact:
+        signs = rounded_steps[permutation, [0, 1, 2]]
+        ends = rounded_start[permutation] + signs * (np.asarray(target.size) - 1)
+        sizes = np.asarray(source.size)[permutation]
+        exact = bool(np.all(np.minimum(rounded_start[permutation], ends) >= 0)) and bool(
+            np.all(np.maximum(rounded_start[permutation], ends) <= sizes - 1)
+        )
+    if not exact:
+        raise ValueError(
+            f"{reader.path or reader.name}: the labels are not on the image's voxel grid "
+            f"({'; '.join(target.differences(source)) or 'different grid'}); resample them onto the image first"
+        )
+    slices, axes = [], []
+    for t in range(3):  # numpy axes are (k, j, i): target axis t is numpy axis 2 - t
+        s, sign, first = int(permutation[t]), int(signs[t]), int(rounded_start[permutation[t]])
+        stop = first + sign * int(target.size[t])
+        slices.append(slice(first, None if stop < 0 else stop, sign))
+        axes.append(2 - s)
+    # numpy axis order of the result: target k, j, i
+    order = [axes[2], axes[1], axes[0]]
+    index = [slice(None)] * 3
+    for t in range(3):
+        index[2 - int(permutation[t])] = slices[t]
+    layers = [np.ascontiguousarray(np.transpose(layer[tuple(index)], order)) for layer in reader.layers]
+    return ReaderLabels(reader.name, reader.path, target, layers, dict(reader.segments), list(reader.unmatched))

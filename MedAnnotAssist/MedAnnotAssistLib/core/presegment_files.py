@@ -3,6 +3,7 @@ with provenance tags out."""
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,19 +19,17 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 def read_image(path: str | Path):
-    """A SimpleITK image from a file, or from the one DICOM series in a folder."""
+    """A SimpleITK image from a file, or from the one DICOM series in a folder or zip archive."""
     import SimpleITK as sitk
 
     path = Path(path)
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise EngineError(f"{path}: no DICOM series in this folder")
-        if len(series) > 1:
-            raise EngineError(f"{path}: {len(series)} DICOM series in this folder; give the folder of one series")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-        return reader.Execute()
+    if path.is_dir() or (path.is_file() and zipfile.is_zipfile(path)):
+        from .dicom.series import read_series
+
+        try:
+            return read_series(path).image
+        except ValueError as error:  # the geometry checks name the files
+            raise EngineError(str(error)) from None
     if not path.is_file():
         raise EngineError(f"{path}: no such file")
     try:
