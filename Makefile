@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[mrml,test]'
+	$(BIN)/python -m pip install --quiet -e '.[mrml,server,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,7 +31,7 @@ test-monailabel: $(STAMP)
 
 ## bench: the CT engine's speed, and our consensus engine against its peers; writes docs/benchmarks.md (~30 min)
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[mrml,test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[mrml,server,test,bench]'
 	$(BIN)/python bench/presegment.py
 	$(BIN)/python bench/consensus.py
 

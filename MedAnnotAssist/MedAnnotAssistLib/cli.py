@@ -213,9 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     consensus.set_defaults(func=cmd_consensus)
 
-    from .cli_presegment import add_commands
+    from . import cli_dicom, cli_presegment, cli_server
 
-    add_commands(commands)
+    cli_presegment.add_commands(commands)
+    cli_dicom.add_commands(commands)
+    cli_server.add_commands(commands)
 
     demo = commands.add_parser("demo", help="fetch the sample CT and prepare it with a bundled protocol")
     demo.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path)
