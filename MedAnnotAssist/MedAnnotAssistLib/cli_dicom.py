@@ -1,7 +1,94 @@
-"""`medannot deid`, `medannot export seg|rtstruct` and `medannot dicom-import`."""
+"""`medannot dicom-import`, `medannot deid` and `medannot export seg|rtstruct`."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EXIT_FLAGGED = 3
+
+
+def _progress(label: str):
+    """A text progress bar taking ``progress(fraction, message)``, the core's convention."""
+    from .cli_presegment import ProgressBar
+
+    return ProgressBar(label)
+
+
+def cmd_dicom_import(args) -> int:
+    import SimpleITK as sitk
+
+    from .core.dicom.series import read_series
+
+    series = read_series(args.series, series_uid=args.series_uid)
+    image = series.image
+    sitk.WriteImage(image, str(args.out), useCompression=True)
+    size = " x ".join(map(str, image.GetSize()))
+    spacing = " x ".join(f"{v:g}" for v in image.GetSpacing())
+    print(f"{series.modality} series {series.series_uid}: {series.slice_count} slices, {size} voxels of {spacing} mm")
+    for warning in series.warnings:
+        print(f"warning: {warning}")
+    for name, why in series.skipped:
+        print(f"skipped {name}: {why}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def default_key_file() -> Path:
+    """Where ``medannot deid`` keeps the project key when none is given: the user's config folder."""
+    base = os.environ.get("MEDANNOT_CONFIG_DIR") or Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return Path(base) / "medannotassist" / "deid-project.key"
+
+
+def cmd_deid(args) -> int:
+    from .core.dicom.deid import Deidentifier, deidentify_folder, read_or_create_project_key
+
+    if args.project_key is not None:
+        key = args.project_key
+    else:
+        key_file = args.key_file or default_key_file()
+        created = not key_file.is_file()
+        key = read_or_create_project_key(key_file)
+        print(f"project key: {'created in' if created else 'read from'} {key_file} (keep it for this project)")
+    deidentifier = Deidentifier(
+        key,
+        retain_dates_shifted=args.keep_dates_shifted,
+        clean_descriptors=args.clean_descriptors,
+        retain_patient_characteristics=args.retain_patient_characteristics,
+    )
+    progress = None if args.quiet or args.json else _progress("de-identifying")
+    summary = deidentify_folder(args.input, args.output, deidentifier, progress=progress)
+    print(summary.to_json() if args.json else summary.to_text())
+    return EXIT_FLAGGED if summary.flagged else 0
 
 
 def add_commands(commands) -> None:
     """Register the DICOM commands on the ``medannot`` sub-parsers."""
+    dicom_import = commands.add_parser(
+        "dicom-import", help="a DICOM series (folder or zip) to a NRRD/NIfTI image, with geometry checks"
+    )
+    dicom_import.add_argument("series", type=Path, help="folder or zip archive of DICOM files")
+    dicom_import.add_argument("out", type=Path, help="image file to write (.nrrd, .nii.gz)")
+    dicom_import.add_argument("--series-uid", help="the series to take when the folder holds several")
+    dicom_import.set_defaults(func=cmd_dicom_import)
+
+    deid = commands.add_parser(
+        "deid",
+        help="de-identify every DICOM file under IN into OUT (PS3.15 Basic Profile); exit 3 when files are flagged",
+    )
+    deid.add_argument("input", type=Path, metavar="IN", help="folder of DICOM files (read only)")
+    deid.add_argument("output", type=Path, metavar="OUT", help="new or empty folder for the de-identified files")
+    deid.add_argument("--project-key", help="secret key that makes UIDs, pseudonyms and the date shift per project")
+    deid.add_argument("--key-file", type=Path, help=f"file holding the project key (default {default_key_file()})")
+    deid.add_argument(
+        "--keep-dates-shifted",
+        action="store_true",
+        help="Retain Longitudinal Temporal Information with Modified Dates: shift dates by the project's offset",
+    )
+    deid.add_argument("--clean-descriptors", action="store_true", help="Clean Descriptors option (see the docs)")
+    deid.add_argument(
+        "--retain-patient-characteristics", action="store_true", help="keep sex, age, size, weight and the like"
+    )
+    deid.add_argument("--json", action="store_true", help="print the summary as JSON")
+    deid.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    deid.set_defaults(func=cmd_deid)

@@ -133,7 +133,7 @@ def read_all_series(path: str | Path, progress=None, cancel=None) -> list[DicomS
         check_cancel(cancel)
         series.append(_build(items, [] if number else skipped))
         if progress:
-            progress(number + 1, len(groups))
+            progress((number + 1) / len(groups), f"series {number + 1} of {len(groups)}")
     return series
 
 

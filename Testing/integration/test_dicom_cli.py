@@ -1,0 +1,94 @@
+"""`medannot dicom-import` and `medannot deid` as a user runs them: exit codes, printed summaries, files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import SimpleITK as sitk
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+MEDANNOT = str(Path(sys.executable).parent / "medannot")
+
+
+def medannot(*args, env_extra=None, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(
+        [MEDANNOT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def test_dicom_import_writes_the_series_image(sample_dir, tmp_path):
+    out = tmp_path / "ct.nrrd"
+    result = medannot("dicom-import", sample_dir / "example_ct_dicom", out)
+    assert result.returncode == 0, result.stderr
+    assert "CT series" in result.stdout and "20 slices, 512 x 512 x 20 voxels of 0.976562 x 0.976562 x 2 mm" in (
+        result.stdout
+    )
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == (512, 512, 20) and image.GetPixelID() == sitk.sitkInt16
+
+
+def test_dicom_import_of_a_series_with_a_missing_slice_exits_2(sample_dir, tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(sample_dir / "example_ct_dicom", folder)
+    by_z = sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).SliceLocation))
+    by_z[5].unlink()
+    result = medannot("dicom-import", folder, tmp_path / "ct.nrrd")
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "1 slice(s) missing between" in result.stderr
+    assert not (tmp_path / "ct.nrrd").exists()
+
+
+def test_deid_real_series_with_a_stored_key(sample_dir, tmp_path):
+    config = {"MEDANNOT_CONFIG_DIR": str(tmp_path / "config")}
+    result = medannot("deid", sample_dir / "example_ct_dicom", tmp_path / "out", "--keep-dates-shifted", "-q",
+                      env_extra=config)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    key_file = tmp_path / "config" / "medannotassist" / "deid-project.key"
+    assert f"project key: created in {key_file}" in result.stdout
+    assert len(key_file.read_text().strip()) == 64 and (key_file.stat().st_mode & 0o777) == 0o600
+    assert "De-identified 20 of 20 DICOM files read" in result.stdout and "0 flagged for review" in result.stdout
+    written = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(written) == 20
+    originals = {pydicom.dcmread(p).PixelData for p in (sample_dir / "example_ct_dicom").iterdir()}
+    assert {pydicom.dcmread(p).PixelData for p in written} == originals
+    first = pydicom.dcmread(written[0])
+    assert first.PatientIdentityRemoved == "YES" and first.LongitudinalTemporalInformationModified == "MODIFIED"
+    # the same key file, a second run: the same UIDs
+    again = medannot("deid", sample_dir / "example_ct_dicom", tmp_path / "again", "-q", env_extra=config)
+    assert "project key: read from" in again.stdout
+    assert sorted(p.name for p in (tmp_path / "again").rglob("*.dcm")) == [p.name for p in written]
+
+
+def test_deid_flags_burned_in_risk_with_exit_3_and_json(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("CT_small.dcm", "ExplVR_BigEnd.dcm", "notes.txt"):
+        if name.endswith(".txt"):
+            (source / name).write_text("not DICOM")
+        else:
+            shutil.copy(PYDICOM_FILES / name, source / name)
+    result = medannot("deid", source, tmp_path / "out", "--project-key", "k1", "--json")
+    assert result.returncode == 3, result.stderr
+    summary = json.loads(result.stdout)
+    assert [note["file"] for note in summary["flagged"]] == ["ExplVR_BigEnd.dcm"]
+    assert [note["file"] for note in summary["skipped"]] == ["notes.txt"]
+    assert len(list((tmp_path / "out" / "needs-review").rglob("*.dcm"))) == 1
+    # OUT is now not empty: a second run into it is refused and changes nothing
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
+    refused = medannot("deid", source, tmp_path / "out", "--project-key", "k1")
+    assert refused.returncode == 2 and "the output folder is not empty" in refused.stderr
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
