@@ -62,6 +62,32 @@ def cmd_deid(args) -> int:
     return EXIT_FLAGGED if summary.flagged else 0
 
 
+def cmd_export(args) -> int:
+    from .cli import _label_names, _resolve_protocol
+    from .core.dicom.rtstruct import export_rtstruct
+    from .core.dicom.seg import export_seg, labels_for_series
+    from .core.dicom.series import read_series
+
+    protocol = _resolve_protocol(args.protocol)
+    series = read_series(args.dicom, series_uid=args.series_uid)
+    labels, tags = labels_for_series(args.labels, series, protocol, _label_names(args))
+    export = export_seg if args.kind == "seg" else export_rtstruct
+    report = export(series, labels, protocol, args.out, segment_tags=tags)
+    what = "DICOM SEG" if args.kind == "seg" else "RTSTRUCT"
+    print(f"{what} of {series.modality} series {series.series_uid or '(no SeriesInstanceUID)'}, {protocol.label}:")
+    print(f"  {len(report.structures)} structure(s): {', '.join(report.structures)}")
+    by_reason: dict[str, list[str]] = {}
+    for name, why in report.skipped:
+        by_reason.setdefault(why, []).append(name)
+    for why, names in by_reason.items():
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        print(f"  skipped ({why}): {shown}")
+    for warning in [*series.warnings, *report.warnings]:
+        print(f"  warning: {warning}")
+    print(f"wrote {report.path}")
+    return 0
+
+
 def add_commands(commands) -> None:
     """Register the DICOM commands on the ``medannot`` sub-parsers."""
     dicom_import = commands.add_parser(
@@ -92,3 +118,18 @@ def add_commands(commands) -> None:
     deid.add_argument("--json", action="store_true", help="print the summary as JSON")
     deid.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     deid.set_defaults(func=cmd_deid)
+
+    export = commands.add_parser("export", help="write a segmentation as DICOM SEG or RTSTRUCT for its DICOM series")
+    kinds = export.add_subparsers(dest="kind", required=True, metavar="FORMAT")
+    for kind, summary in (
+        ("seg", "DICOM SEG: protocol codes, colours and algorithm type per segment"),
+        ("rtstruct", "RT Structure Set: one ROI per structure, TG-263 names, contours per slice"),
+    ):
+        command = kinds.add_parser(kind, help=summary)
+        command.add_argument("--dicom", required=True, type=Path, help="folder (or zip) of the source DICOM series")
+        command.add_argument("--labels", required=True, type=Path, help=".seg.nrrd, or a NIfTI/NRRD labelmap")
+        command.add_argument("--labels-json", type=Path, help="JSON mapping label values to structure names")
+        command.add_argument("--protocol", required=True, help="bundled protocol id or protocol file")
+        command.add_argument("--out", required=True, type=Path, help="DICOM file to write")
+        command.add_argument("--series-uid", help="the series to take when the folder holds several")
+        command.set_defaults(func=cmd_export)

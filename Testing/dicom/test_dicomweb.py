@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,37 +89,20 @@ def uploaded(client, ct_files) -> Upload:
     return Upload(str(first.StudyInstanceUID), str(first.SeriesInstanceUID), stored, progress, seconds)
 
 
-def _seg_of(ct_files):
-    """A minimal valid DICOM SEG (a box labelled liver, SNOMED CT codes) referencing the CT, by highdicom."""
-    import highdicom as hd
+def _seg_of(ct_files, sample_dir, out: Path):
+    """Our DICOM SEG of TotalSegmentator's labels (abdominal-organs protocol) for the CT as stored."""
     import pydicom
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
-    sources = [pydicom.dcmread(path) for path in ct_files]
-    mask = np.zeros((len(sources), sources[0].Rows, sources[0].Columns), dtype=bool)
-    mask[5:15, 200:300, 150:260] = True
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="liver (test box)",
-        segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Liver,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
-    return hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=mask,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=generate_uid(),
-        series_number=900,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="MedAnnotAssist",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-    )
+    from MedAnnotAssistLib.core.dicom.seg import export_seg, labels_for_series
+    from MedAnnotAssistLib.core.dicom.series import read_series
+    from MedAnnotAssistLib.core.protocol import bundled_protocol
+    from Testing.readers import ABDOMEN_LABELS
+
+    protocol = bundled_protocol("abdominal-organs")
+    series = read_series(ct_files[0].parent)
+    labels, tags = labels_for_series(sample_dir / "example_seg_dicom.nii.gz", series, protocol, ABDOMEN_LABELS)
+    export_seg(series, labels, protocol, out, segment_tags=tags)
+    return pydicom.dcmread(out), series, labels, protocol
 
 
 # -- the round trip --------------------------------------------------------------------------------------
@@ -175,15 +159,23 @@ def test_wado_retrieves_the_image_of_the_local_import(client, uploaded, ct_dir, 
     assert all(ds.PixelData == sent[str(ds.SOPInstanceUID)] for ds in series.datasets)
 
 
-def test_seg_is_stored_back_and_found(client, uploaded, ct_files):
-    seg = _seg_of(ct_files)
+def test_seg_is_stored_back_and_found(client, uploaded, ct_files, sample_dir, tmp_path):
+    from MedAnnotAssistLib.core.dicom.seg import read_seg
+
+    seg, series, labels, protocol = _seg_of(ct_files, sample_dir, tmp_path / "sent.dcm")
     assert client.store([seg], study_uid=uploaded.study_uid) == [str(seg.SOPInstanceUID)]
 
     found = client.search_series(study_uid=uploaded.study_uid, modality="SEG")
     assert [(s.series_uid, s.instance_count) for s in found] == [(str(seg.SeriesInstanceUID), 1)]
     (back,) = client.retrieve_datasets(uploaded.study_uid, str(seg.SeriesInstanceUID))
     assert back.SOPInstanceUID == seg.SOPInstanceUID and back.Modality == "SEG"
-    assert back.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert back.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # liver
+    # what came back from the PACS reads into the same masks on the same series
+    back.save_as(tmp_path / "back.dcm", enforce_file_format=True)
+    masks = read_seg(tmp_path / "back.dcm", series, protocol)
+    assert sorted(masks.segments) == sorted(s for s in labels.segments if labels.mask(s).any())
+    for structure_id in masks.segments:
+        assert np.array_equal(masks.mask(structure_id), labels.mask(structure_id)), structure_id
 
 
 # -- progress and cancel ---------------------------------------------------------------------------------

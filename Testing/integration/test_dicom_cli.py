@@ -92,3 +92,33 @@ def test_deid_flags_burned_in_risk_with_exit_3_and_json(tmp_path):
     refused = medannot("deid", source, tmp_path / "out", "--project-key", "k1")
     assert refused.returncode == 2 and "the output folder is not empty" in refused.stderr
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
+
+
+def test_export_seg_and_rtstruct_of_the_sample_pass_dciodvfy(sample_dir, tmp_path, labels_json):
+    from Testing.dicom.dicom_helpers import dciodvfy
+
+    for kind in ("seg", "rtstruct"):
+        out = tmp_path / f"{kind}.dcm"
+        result = medannot("export", kind, "--dicom", sample_dir / "example_ct_dicom", "--labels",
+                          sample_dir / "example_seg_dicom.nii.gz", "--labels-json", labels_json,
+                          "--protocol", "abdominal-organs", "--out", out)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert (
+            "8 structure(s): liver, spleen, pancreas, stomach, aorta, inferior_vena_cava, portal_vein, "
+            "adrenal_gland_right\n  skipped (no voxels): kidney_left, kidney_right, gallbladder, adrenal_gland_left, "
+            "duodenum\n  skipped (not in the labels): superior_mesenteric_artery"
+        ) in result.stdout
+        assert "blank SeriesInstanceUID; derived" in result.stdout  # the sample series has none: said, not hidden
+        errors, _ = dciodvfy(out)
+        assert errors == [], errors
+        written = pydicom.dcmread(out, stop_before_pixels=True)
+        assert written.Modality == ("SEG" if kind == "seg" else "RTSTRUCT")
+
+
+def test_export_of_labels_from_another_scan_exits_2(sample_dir, tmp_path, labels_json):
+    result = medannot("export", "seg", "--dicom", sample_dir / "example_ct_dicom", "--labels",
+                      sample_dir / "example_seg.nii.gz", "--labels-json", labels_json,
+                      "--protocol", "abdominal-organs", "--out", tmp_path / "x.dcm")  # fmt: skip
+    assert result.returncode == 2
+    assert "example_seg.nii.gz: the labels are not on the image's voxel grid" in result.stderr
+    assert not (tmp_path / "x.dcm").exists()
