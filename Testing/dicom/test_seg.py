@@ -109,6 +109,32 @@ def test_overlapping_segments_round_trip(sample_dir, tmp_path):
     assert np.array_equal(back.mask("liver"), liver) and np.array_equal(back.mask("gallbladder"), around)
 
 
+def test_label_map_seg_round_trips_and_refuses_overlaps(sample_dir, tmp_path):
+    series, (labels, tags) = ct_series(sample_dir), ct_labels(sample_dir)
+    report = export_seg(series, labels, abdomen_protocol(), tmp_path / "labelmap.dcm", segment_tags=tags, labelmap=True)
+    seg = pydicom.dcmread(tmp_path / "labelmap.dcm")
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage
+    assert seg.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"  # RLE lossless
+    assert int(seg.NumberOfFrames) <= series.slice_count  # one frame per slice, not one per slice and segment
+    back = read_seg(tmp_path / "labelmap.dcm", series, abdomen_protocol())
+    assert sorted(back.segments) == sorted(report.structures)
+    for structure_id in report.structures:
+        assert np.array_equal(back.mask(structure_id), labels.mask(structure_id)), structure_id
+    liver = labels.mask("liver")
+    apart = np.roll(liver, 300, axis=2) & ~liver  # a second layer that touches nothing: still one label map
+    shifted = ReaderLabels("two layers", None, labels.geometry, [liver.astype(np.uint8), apart.astype(np.uint8)],
+                           {"liver": (0, 1), "gallbladder": (1, 1)})  # fmt: skip
+    export_seg(series, shifted, abdomen_protocol(), tmp_path / "apart.dcm", labelmap=True)
+    again = read_seg(tmp_path / "apart.dcm", series, abdomen_protocol())
+    assert np.array_equal(again.mask("gallbladder"), apart) and np.array_equal(again.mask("liver"), liver)
+    around = liver | np.roll(liver, 8, axis=2)
+    overlapping = ReaderLabels("overlap", None, labels.geometry, [liver.astype(np.uint8), around.astype(np.uint8)],
+                               {"liver": (0, 1), "gallbladder": (1, 1)})  # fmt: skip
+    with pytest.raises(DicomError, match="needs segments that do not overlap: liver and gallbladder share voxels"):
+        export_seg(series, overlapping, abdomen_protocol(), tmp_path / "overlap.dcm", labelmap=True)
+    assert not (tmp_path / "overlap.dcm").exists()
+
+
 def test_algorithm_type_follows_ai_provenance(sample_dir, tmp_path):
     series, (labels, _) = ct_series(sample_dir), ct_labels(sample_dir)
     protocol = abdomen_protocol()

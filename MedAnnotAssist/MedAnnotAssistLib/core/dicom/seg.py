@@ -29,6 +29,9 @@ SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 DEFAULT_SERIES_NUMBER = 1000
 
 
+EXPLICIT_VR_LITTLE_ENDIAN, RLE_LOSSLESS = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"
+
+
 def software_version() -> str:
     """The installed package's version (pyproject), or 0.1.0 when run from a source tree without install."""
     from importlib.metadata import PackageNotFoundError, version
@@ -311,10 +314,15 @@ def export_seg(
     segment_tags: dict[str, dict[str, str]] | None = None,
     series_description: str | None = None,
     content_creator: str | None = None,
+    labelmap: bool = False,
 ) -> ExportReport:
     """Write a DICOM SEG (BINARY, explicit VR little endian) of the protocol structures present in ``labels``,
     which must be on the series grid (``labels_for_series`` puts them there). ``segment_tags`` (structure id
-    -> segment tags, from ``read_segment_tags``) give each segment its algorithm type."""
+    -> segment tags, from ``read_segment_tags``) give each segment its algorithm type.
+
+    ``labelmap=True`` writes the Label Map Segmentation IOD instead (one 8-bit frame per slice, RLE
+    compressed; segments must not overlap): about 10x faster and 100x smaller, but newer (2024) than the
+    dciodvfy that Debian ships, and not yet read by every viewer."""
     import highdicom as hd
 
     check_on_series_grid(labels, series)
@@ -322,6 +330,13 @@ def export_seg(
     present, skipped = present_structures(labels, protocol, presence=presence)
     references = source_references(series)
     pixels, kept = _pixel_array(labels, present, presence)
+    if labelmap and pixels.ndim == 4:  # segments on several layers: one label array if they do not overlap
+        overlap = pixels.sum(axis=-1, dtype=np.uint16) > 1
+        if overlap.any():
+            voxel = tuple(int(i[0]) for i in np.nonzero(overlap))
+            names = [present[n][0].id for n in np.flatnonzero(pixels[voxel])]
+            raise DicomError(f"a label-map SEG needs segments that do not overlap: {' and '.join(names)} share voxels")
+        pixels = (pixels * np.arange(1, pixels.shape[-1] + 1, dtype=np.uint8)).sum(axis=-1, dtype=np.uint8)
     descriptions = [
         _segment_description(number, structure, protocol, references.study_uid, (segment_tags or {}).get(structure.id))
         for number, (structure, _, _) in enumerate(present, start=1)
@@ -335,7 +350,9 @@ def export_seg(
     segmentation = hd.seg.Segmentation(
         source_images=references.headers,
         pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=(
+            hd.seg.SegmentationTypeValues.LABELMAP if labelmap else hd.seg.SegmentationTypeValues.BINARY
+        ),
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=derived_series_number(series),
@@ -351,6 +368,7 @@ def export_seg(
         plane_positions=positions,
         omit_empty_frames=True,
         series_description=description[:64],
+        transfer_syntax_uid=RLE_LOSSLESS if labelmap else EXPLICIT_VR_LITTLE_ENDIAN,
     )
     # BINARY frames are 1 bit per pixel; frame compression (workers) does not apply, so none is started
     path = save_atomically(segmentation, path)
