@@ -1,7 +1,124 @@
-"""`medannot serve` and `medannot admin …`: the task-queue server (package ``medannotassist_server``)."""
+"""`medannot serve` and `medannot admin …`: the task-queue server (package ``medannotassist_server``).
+
+The first user of a new server is made with ``medannot admin create-user NAME --site-admin``: a site
+admin creates projects and users over the API and is admin of every project. Admin commands work on
+the database directly (SQLite in ``--data-dir`` or ``--database-url``) and migrate it first.
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXIT_INVALID = 2
+
+
+def _database_options(parser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="server data directory (SQLite database and blobs)")
+    parser.add_argument("--database-url", help="postgresql://user@host:port/db instead of SQLite in --data-dir")
+
+
+def _settings(args):
+    from medannotassist_server.settings import Settings
+
+    if getattr(args, "max_upload_mb", None) is not None:
+        args.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
+    return Settings.from_args(args)
+
+
+def _admin_call(function, *args):
+    """Run an admin function; a refusal is printed as one line and exits 2."""
+    from medannotassist_server.errors import ApiError
+
+    try:
+        return function(*args), 0
+    except ApiError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return None, EXIT_INVALID
+
+
+def cmd_serve(args) -> int:
+    from medannotassist_server.app import serve
+
+    serve(_settings(args))
+    return 0
+
+
+def cmd_create_user(args) -> int:
+    from medannotassist_server.admin import add_user
+
+    token, status = _admin_call(add_user, _settings(args), args.name, args.email, args.site_admin, args.expires_in_s)
+    if status == 0:
+        print(token)
+        print(
+            f"created user {args.name}{' (site admin)' if args.site_admin else ''}; the token is shown once",
+            file=sys.stderr,
+        )
+    return status
+
+
+def cmd_grant(args) -> int:
+    from medannotassist_server.admin import grant_role
+
+    roles, status = _admin_call(grant_role, _settings(args), args.name, args.project, args.role)
+    if status == 0:
+        print(f"{args.name} in {args.project}: {', '.join(roles)}")
+    return status
+
+
+def cmd_revoke(args) -> int:
+    from medannotassist_server.admin import revoke
+
+    count, status = _admin_call(revoke, _settings(args), args.name)
+    if status == 0:
+        print(f"revoked {count} token(s) of {args.name}")
+    return status
+
+
+def cmd_verify_audit(args) -> int:
+    from medannotassist_server.admin import verify_audit
+
+    verdict = verify_audit(_settings(args))
+    print(verdict.message, file=sys.stdout if verdict.ok else sys.stderr)
+    return 0 if verdict.ok else 1
 
 
 def add_commands(commands) -> None:
     """Register the server's commands on the ``medannot`` sub-parsers."""
+    serve = commands.add_parser("serve", help="run the task-queue server (migrates the database first)")
+    _database_options(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1: put a TLS proxy in front for a network)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--lease-seconds", type=float, help="default lease length of a claim (default 300)")
+    serve.add_argument("--max-upload-mb", type=float, help="largest request body in MiB (default 512)")
+    serve.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
+
+    admin = commands.add_parser("admin", help="users, roles and the audit chain of a task-queue server")
+    actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    create = actions.add_parser("create-user", help="create a user and print a new API token once")
+    create.add_argument("name")
+    create.add_argument("--email")
+    create.add_argument(
+        "--site-admin", "--admin", action="store_true", help="may create projects and users; admin of every project"
+    )
+    create.add_argument("--expires-in-s", type=float, help="token lifetime in seconds (default: no expiry)")
+    _database_options(create)
+    create.set_defaults(func=cmd_create_user)
+
+    grant = actions.add_parser("grant", help="give a user a role in a project")
+    grant.add_argument("name")
+    grant.add_argument("project", help="project name or id")
+    grant.add_argument("role", choices=["annotator", "reviewer", "admin"])
+    _database_options(grant)
+    grant.set_defaults(func=cmd_grant)
+
+    revoke = actions.add_parser("revoke-tokens", help="revoke every token of a user")
+    revoke.add_argument("name")
+    _database_options(revoke)
+    revoke.set_defaults(func=cmd_revoke)
+
+    verify = actions.add_parser("verify-audit", help="check the audit hash chain; exit 1 naming the first bad row")
+    _database_options(verify)
+    verify.set_defaults(func=cmd_verify_audit)

@@ -1,0 +1,27 @@
+"""``python -m medannotassist_server [options]``: the same server as ``medannot serve``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .app import serve
+from .settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medannotassist_server", description="the task-queue server")
+    parser.add_argument("--data-dir", help="data directory: SQLite database and blobs")
+    parser.add_argument("--database-url", help="postgresql://user@host:port/db instead of SQLite")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--lease-seconds", type=float, help="default lease length (default 300)")
+    parser.add_argument("--max-upload-bytes", type=int, help="largest request body (default 512 MiB)")
+    parser.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve(Settings.from_args(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Claims and leases: the next task by priority then age, atomically, for one reader.
+
+A task is free when it is queued, or leased with ``lease_expires_at`` in the past: expiry is decided at
+claim time, so no background job has to run. Each claim draws a new ``lease_id`` (the fencing token):
+heartbeat, release and submit must present it, so a client whose lease expired and was claimed again by
+someone else is refused (409 ``lease_lost``). An expired lease that nobody claimed yet still works.
+
+Atomicity: on SQLite the write transaction begins IMMEDIATE (one writer at a time, across threads and
+processes); on PostgreSQL the candidate row is locked ``FOR UPDATE SKIP LOCKED`` so concurrent claimers
+take different rows, and one reader's claims are serialized by an advisory lock, so that reader cannot
+get two annotate tasks of one case from two concurrent claims. Either way the final UPDATE is
+conditional on the task still being free, and its row count is checked.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from functools import cache
+
+from sqlalchemy import and_, bindparam, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
+
+from . import audit
+from .auth import Caller
+from .db import Database
+from .errors import ApiError, not_found
+from .models import ANNOTATE, LEASED, QUEUED, SUBMITTED, Task, utcnow
+
+CLAIM_LOCK_KEY = 7_420_002
+
+
+VIEW_FIELDS = (
+    "id", "project_id", "case_id", "kind", "state", "round", "priority", "lease_id", "lease_expires_at", "comment"
+)  # fmt: skip
+
+
+def task_view(task, lease: bool = False) -> dict:
+    """A task (or a row with ``VIEW_FIELDS``) as the API shows it."""
+    view = {
+        "id": task.id,
+        "project_id": task.project_id,
+        "case_id": task.case_id,
+        "kind": task.kind,
+        "state": task.state,
+        "round": task.round,
+        "priority": task.priority,
+        "lease_expires_at": task.lease_expires_at.isoformat() + "Z" if task.lease_expires_at else None,
+        "comment": task.comment,
+    }
+    if lease:
+        view["lease_id"] = task.lease_id
+    return view
+
+
+@cache
+def _candidate(kind: str, expired: bool, postgres: bool):
+    """The best free task of one kind: queued ones, or ones whose lease expired before ``:now``. Each is
+    one walk of the index ``ix_tasks_queue`` in claim order, stopping at the first fit. Built once, with
+    bound parameters ``:project_id``, ``:user_id`` and ``:now`` (building it costs more than running it)."""
+    user_id = bindparam("user_id")
+    other = aliased(Task)
+    # the reader already holds or has submitted another annotate task of this case
+    holds_one_of_case = (
+        select(other.id)
+        .where(
+            other.case_id == Task.case_id,
+            other.kind == ANNOTATE,
+            other.id != Task.id,
+            other.holder_id == user_id,
+            other.state.in_((LEASED, SUBMITTED)),
+        )
+        .exists()
+    )
+    free = (Task.state == LEASED, Task.lease_expires_at < bindparam("now")) if expired else (Task.state == QUEUED,)
+    query = (
+        select(Task.id, Task.priority, Task.created_at, Task.state, Task.holder_id)
+        .where(
+            Task.project_id == bindparam("project_id"),
+            Task.kind == kind,
+            *free,
+            or_(Task.assignee_id.is_(None), Task.assignee_id == user_id),
+        )
+        .order_by(Task.priority.desc(), Task.created_at, Task.id)
+        .limit(1)
+    )
+    if kind == ANNOTATE:
+        query = query.where(~holds_one_of_case)
+    return query.with_for_update(skip_locked=True, of=Task) if postgres else query
+
+
+_TAKE = (
+    update(Task)
+    .where(
+        Task.id == bindparam("task_id"),
+        or_(Task.state == QUEUED, and_(Task.state == LEASED, Task.lease_expires_at < bindparam("now"))),
+    )
+    .values(
+        state=LEASED,
+        lease_id=bindparam("lease_id"),
+        holder_id=bindparam("user_id"),
+        lease_expires_at=bindparam("expires"),
+        claimed_at=bindparam("now"),
+    )
+    .returning(*(getattr(Task, name) for name in VIEW_FIELDS))
+)
+
+
+def _best(session, kinds: list[str], postgres: bool, params: dict):
+    """The first free task in claim order (priority, then age) over the kinds and both kinds of free task."""
+    found = []
+    for kind in kinds:
+        for expired in (False, True):
+            row = session.execute(_candidate(kind, expired, postgres), params).first()
+            if row is not None:
+                found.append(((-row.priority, row.created_at, row.id), row))
+    return min(found, key=lambda item: item[0])[1] if found else None
+
+
+def claim(database: Database, caller: Caller, project_id: int, kinds: list[str], lease_seconds: float) -> dict | None:
+    """Lease the next task for ``caller``; None when nothing is free for them."""
+    with database.writing() as session:
+        if not database.is_sqlite:
+            session.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": CLAIM_LOCK_KEY, "b": caller.id})
+        now = utcnow()
+        params = {"project_id": project_id, "user_id": caller.id, "now": now}
+        for _attempt in range(8):
+            candidate = _best(session, kinds, not database.is_sqlite, params)
+            if candidate is None:
+                return None
+            taken = session.execute(
+                _TAKE,
+                {**params, "task_id": candidate.id, "lease_id": uuid.uuid4().hex,
+                 "expires": now + timedelta(seconds=lease_seconds)},
+            ).first()  # fmt: skip
+            if taken is not None:
+                break
+        else:
+            return None
+        audit.record(
+            session,
+            caller.name,
+            "task.claim",
+            "task",
+            taken.id,
+            {"state": candidate.state, "holder_id": candidate.holder_id},
+            {"state": LEASED, "holder_id": caller.id, "lease_expires_at": taken.lease_expires_at},
+            project_id,
+        )
+        return task_view(taken, lease=True)
+
+
+def explain_refusal(session: Session, caller: Caller, project_id: int, task_id: int, lease_id: str) -> ApiError:
+    """Why a fenced update matched no row: unknown task, or a lease that is no longer the caller's."""
+    task = session.get(Task, task_id)
+    if task is None or task.project_id != project_id:
+        return not_found("task", task_id)
+    if task.state == SUBMITTED and task.holder_id == caller.id and task.lease_id == lease_id:
+        return ApiError(409, "already_submitted", f"task {task_id} was already submitted with this lease")
+    if task.lease_id != lease_id or task.holder_id != caller.id or task.state != LEASED:
+        return ApiError(
+            409,
+            "lease_lost",
+            f"task {task_id}: this lease is no longer valid (it expired and the task was claimed again, "
+            "was released, or the task is closed); claim a task again",
+            task_state=task.state,
+        )
+    return ApiError(409, "lease_lost", f"task {task_id}: the lease could not be used")
+
+
+def _fenced(caller: Caller, project_id: int, task_id: int, lease_id: str):
+    return (
+        Task.id == task_id,
+        Task.project_id == project_id,
+        Task.lease_id == lease_id,
+        Task.holder_id == caller.id,
+        Task.state == LEASED,
+    )
+
+
+def heartbeat(
+    database: Database, caller: Caller, project_id: int, task_id: int, lease_id: str, lease_seconds: float
+) -> dict:
+    """Extend a lease (not audited: a lease extension is not a change of the task's state)."""
+    with database.writing() as session:
+        now = utcnow()
+        done = session.execute(
+            update(Task)
+            .where(*_fenced(caller, project_id, task_id, lease_id))
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:
+            raise explain_refusal(session, caller, project_id, task_id, lease_id)
+        return task_view(session.get(Task, task_id, populate_existing=True))
+
+
+def release(database: Database, caller: Caller, project_id: int, task_id: int, lease_id: str) -> dict:
+    with database.writing() as session:
+        done = session.execute(
+            update(Task)
+            .where(*_fenced(caller, project_id, task_id, lease_id))
+            .values(state=QUEUED, lease_id=None, lease_expires_at=None, holder_id=None, claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:
+            raise explain_refusal(session, caller, project_id, task_id, lease_id)
+        audit.record(
+            session,
+            caller.name,
+            "task.release",
+            "task",
+            task_id,
+            {"state": LEASED, "holder_id": caller.id},
+            {"state": QUEUED, "holder_id": None},
+            project_id,
+        )
+        return task_view(session.get(Task, task_id, populate_existing=True))
+
+
+def lease_task(session: Session, caller: Caller, project_id: int, task_id: int, lease_id: str, kind: str) -> Task:
+    """The task a valid lease holds (read check before a long upload; the write repeats it, fenced)."""
+    task = session.get(Task, task_id)
+    if task is None or task.project_id != project_id:
+        raise not_found("task", task_id)
+    if task.kind != kind:
+        raise ApiError(409, "wrong_task_kind", f"task {task_id} is a {task.kind} task, not a {kind} task")
+    if task.lease_id != lease_id or task.holder_id != caller.id or task.state != LEASED:
+        raise explain_refusal(session, caller, project_id, task_id, lease_id)
+    return task

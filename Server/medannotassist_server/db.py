@@ -1,0 +1,131 @@
+"""The database: one engine per process, short read and write transactions, migrations to head.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged commit survives a crash) and every
+write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before the first read, so two
+writers, in threads or processes, never both read a free lease and both take it. PostgreSQL runs at
+READ COMMITTED; claims lock their row with ``FOR UPDATE SKIP LOCKED`` (see ``claims``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import audit
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL advisory lock key that serializes migrations of replicas starting together
+MIGRATION_LOCK_KEY = 7_420_001
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_size=32,
+            max_overflow=32,
+            pool_timeout=60,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            # SQLAlchemy, not sqlite3, emits BEGIN: sqlite3's implicit transactions cannot be IMMEDIATE
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection):
+            immediate = connection.get_execution_options().get("sqlite_immediate", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True, pool_timeout=60)
+
+
+class Database:
+    """Sessions for one request step: ``reading()`` for a consistent snapshot, ``writing()`` for a change
+    (committed, with its audit events, when the block ends without an exception)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        with self._write() as session, session.begin():
+            yield session
+            audit.write_pending(session)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+@contextmanager
+def _migration_lock(url: str, engine: Engine):
+    """One migrator at a time: an advisory lock on PostgreSQL, a file lock next to the SQLite file."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        lock_path = Path(database + ".migrate.lock") if database and database != ":memory:" else None
+        if lock_path is None:
+            yield
+            return
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+
+
+def migrate(url: str) -> None:
+    """Upgrade the schema to the newest migration (idempotent; safe with replicas starting together)."""
+    from alembic import command
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    try:
+        with _migration_lock(url, engine):
+            command.upgrade(alembic_config(url), "head")
+    finally:
+        engine.dispose()

@@ -1,0 +1,75 @@
+"""Project progress for dashboards: cases and tasks by state, and per reader throughput and agreement."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from .models import LEASED, Case, ConsensusResult, Submission, Task, User, utcnow
+
+
+def progress(session, project_id: int) -> dict:
+    now = utcnow()
+    cases = dict(
+        session.execute(
+            select(Case.state, func.count()).where(Case.project_id == project_id).group_by(Case.state)
+        ).all()
+    )
+    tasks: dict[str, dict[str, int]] = defaultdict(dict)
+    for kind, state, count in session.execute(
+        select(Task.kind, Task.state, func.count()).where(Task.project_id == project_id).group_by(Task.kind, Task.state)
+    ):
+        tasks[kind][state] = count
+    # an expired lease is claimable again: dashboards count it apart from live leases
+    for kind, count in session.execute(
+        select(Task.kind, func.count())
+        .where(Task.project_id == project_id, Task.state == LEASED, Task.lease_expires_at < now)
+        .group_by(Task.kind)
+    ):
+        tasks[kind][LEASED] -= count
+        tasks[kind]["lease_expired"] = count
+    readers: dict[str, dict] = {}
+    day_ago = now - timedelta(days=1)
+    submissions = session.execute(
+        select(User.name, Submission.created_at, Submission.metadata_json)
+        .join(User, User.id == Submission.reader_id)
+        .where(Submission.project_id == project_id)
+    ).all()
+    times: dict[str, list[float]] = defaultdict(list)
+    for name, created, metadata in submissions:
+        entry = readers.setdefault(name, {"reader": name, "submissions": 0, "last_24h": 0})
+        entry["submissions"] += 1
+        entry["last_24h"] += created >= day_ago
+        spent = json.loads(metadata).get("time_spent_s")
+        if isinstance(spent, (int, float)):
+            times[name].append(float(spent))
+    dice: dict[str, list[float]] = defaultdict(list)
+    agreements = session.execute(
+        select(ConsensusResult.agreement_json)
+        .join(Case, Case.id == ConsensusResult.case_id)
+        .where(Case.project_id == project_id)
+    ).scalars()
+    for text in agreements:
+        for structure in json.loads(text).get("structures", {}).values():
+            for pair in structure.get("pairwise", []):
+                value = pair.get("dice")
+                if isinstance(value, (int, float)):
+                    dice[pair["a"]].append(float(value))
+                    dice[pair["b"]].append(float(value))
+    for name, entry in readers.items():
+        spent = times.get(name, [])
+        entry["median_time_s"] = statistics.median(spent) if spent else None
+        entry["total_time_s"] = sum(spent)
+        entry["per_hour"] = round(3600.0 * len(spent) / sum(spent), 3) if spent and sum(spent) > 0 else None
+        entry["mean_dice_with_other_readers"] = round(statistics.fmean(dice[name]), 4) if dice.get(name) else None
+    return {
+        "project_id": project_id,
+        "cases": {"total": sum(cases.values()), **cases},
+        "tasks": dict(tasks),
+        "readers": sorted(readers.values(), key=lambda r: r["reader"]),
+        "at": now.isoformat() + "Z",
+    }

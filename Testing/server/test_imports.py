@@ -1,0 +1,33 @@
+"""The server imports MedAnnotAssistLib.core only: never mrml, widgets, Slicer, VTK or Qt; and it starts
+no threads of its own (uvicorn's and FastAPI's are the only ones)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SERVER = Path(__file__).resolve().parents[2] / "Server" / "medannotassist_server"
+FORBIDDEN_TOP = {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MedAnnotAssist", "threading"}
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module, node.lineno
+
+
+def test_server_imports_only_core():
+    sources = sorted(SERVER.rglob("*.py"))
+    assert len(sources) > 10
+    wrong = []
+    for path in sources:
+        for name, line in _imports(path):
+            top = name.split(".")[0]
+            if top in FORBIDDEN_TOP:
+                wrong.append(f"{path.relative_to(SERVER)}:{line}: {name}")
+            if top == "MedAnnotAssistLib" and not name.startswith("MedAnnotAssistLib.core"):
+                wrong.append(f"{path.relative_to(SERVER)}:{line}: {name} (only MedAnnotAssistLib.core)")
+    assert wrong == []
