@@ -1,9 +1,8 @@
 """Cases: an uploaded image (stored once by content) or a DICOMweb series reference, N annotate tasks,
 and an optional AI pre-segmentation whose uncertainty becomes the case's priority.
 
-DICOM series upload with de-identification is not here yet: ``ingest_dicom_series`` is the hook. It will
-de-identify with ``MedAnnotAssistLib.core.dicom`` (PS3.15 Annex E), convert to one volume and then call
-``store_image`` like any other upload.
+A DICOM series (a zip) is de-identified on ingest by ``dicom_ingest`` and stored as one NRRD volume
+through ``store_received_image``, like any other upload.
 """
 
 from __future__ import annotations
@@ -34,6 +33,13 @@ def store_image(services: Services, caller: Caller, upload: UploadFile) -> dict:
     """Check and store an image once by content; returns its sha256 and grid."""
     filename, suffix = checked_filename(upload.filename, IMAGE_SUFFIXES, "image")
     temporary, sha256, size = receive(services.blobs, upload, suffix, services.settings.max_upload_bytes)
+    return store_received_image(services, caller, temporary, sha256, size, suffix, filename)
+
+
+def store_received_image(
+    services: Services, caller: Caller, temporary, sha256: str, size: int, suffix: str, filename: str, note=None
+) -> dict:
+    """Store an image file already in the blob store's temporary folder (consumed); ``note`` goes to the audit."""
     try:
         with services.database.reading() as session:
             known = session.get(Image, sha256)
@@ -49,13 +55,9 @@ def store_image(services: Services, caller: Caller, upload: UploadFile) -> dict:
             image = Image(sha256=sha256, suffix=suffix, size_bytes=size, geometry_json=geometry_json(geometry))
             session.add(image)
             session.flush()
-            audit.record(session, caller.name, "image.create", "image", sha256, None, {"size_bytes": size})
+            after = {"size_bytes": size} | (note or {})
+            audit.record(session, caller.name, "image.create", "image", sha256, None, after)
         return image_view(image)
-
-
-def ingest_dicom_series(services: Services, caller: Caller, files) -> dict:
-    """Hook for DICOM series upload: de-identify (core.dicom), convert to a volume, then ``store_image``."""
-    raise ApiError(501, "not_implemented", "DICOM series upload is not available yet; upload NIfTI or NRRD")
 
 
 def image_view(image: Image) -> dict:

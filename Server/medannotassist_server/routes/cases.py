@@ -17,6 +17,7 @@ from .. import consensus_step
 from ..auth import Access, ProjectAccess
 from ..cases import add_cases, attach_ai_segmentation, case_in_project, store_image
 from ..consensus_step import latest_submissions
+from ..dicom_ingest import ingest_dicom_series
 from ..errors import ApiError, not_found
 from ..models import ADMIN, ANNOTATOR, APPROVED, REVIEWER, Case, ConsensusResult, Image, Project, Submission, Task, User
 from ..schemas import MAX_ID, NAME_PATTERN, BulkCases, CaseId, ProjectId, SubmissionId
@@ -96,6 +97,30 @@ def upload_case(
             session, access.caller, project, [{"name": name, "image_sha256": stored["sha256"], "priority": priority}]
         )[0]
         return case_view(session, case, access) | {"image": stored}
+
+
+@router.post(
+    "/cases/dicom",
+    status_code=201,
+    summary="A zipped DICOM series as a new case, de-identified on ingest (PS3.15) and stored as one volume (admin)",
+)
+def upload_dicom_case(
+    project_id: ProjectId,
+    access: Access,
+    services: Svc,
+    series: Annotated[UploadFile, File()],
+    name: Annotated[str, Form(pattern=NAME_PATTERN)],
+    priority: Annotated[float, Form(ge=-1e9, le=1e9, allow_inf_nan=False)] = 0.0,
+    _mp: None = Multipart,
+) -> dict:
+    access.require(ADMIN)
+    stored, deidentification = ingest_dicom_series(services, access.caller, project_id, series)
+    with services.database.writing() as session:
+        project = session.get(Project, project_id)
+        case = add_cases(
+            session, access.caller, project, [{"name": name, "image_sha256": stored["sha256"], "priority": priority}]
+        )[0]
+        return case_view(session, case, access) | {"image": stored, "deidentification": deidentification}
 
 
 @router.post("/cases/bulk", status_code=201, summary="Many cases at once: stored images or DICOMweb series (admin)")
