@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -64,8 +65,12 @@ def _unpack(archive: Path, folder: Path, limit: int) -> dict[str, str]:
         names = {}
         for index, info in enumerate(members):
             name = f"{index:05d}.dcm"
-            with zipped.open(info) as source, open(folder / name, "wb") as target:
-                shutil.copyfileobj(source, target, 1024 * 1024)
+            try:
+                with zipped.open(info) as source, open(folder / name, "wb") as target:
+                    shutil.copyfileobj(source, target, 1024 * 1024)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
+                # damaged, encrypted or an unsupported compression method
+                raise ApiError(422, "bad_dicom", f"series: cannot unpack {info.filename}: {error}") from None
             names[name] = info.filename
         return names
 
