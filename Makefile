@@ -29,12 +29,13 @@ test-monailabel: $(STAMP)
 	$(MONAILABEL_VENV)/bin/python -m pip install --quiet monailabel==0.8.5 'pydicom<3' 'dicomweb-client<0.60' 'pynetdicom<3'
 	MEDANNOT_MONAILABEL_PYTHON=$(MONAILABEL_VENV)/bin/python $(BIN)/python -m pytest -m monailabel_server Testing/presegment
 
-## bench: the CT engine, consensus and DICOM (SEG, de-identification) against their peers; writes docs/benchmarks.md (~35 min)
+## bench: the CT engine, consensus, DICOM and the task queue; writes docs/benchmarks.md (~50 min)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[mrml,server,test,bench]'
 	$(BIN)/python bench/presegment.py
 	$(BIN)/python bench/consensus.py
 	$(BIN)/python bench/dicom.py
+	$(BIN)/python bench/queue.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

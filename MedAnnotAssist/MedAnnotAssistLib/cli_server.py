@@ -92,6 +92,9 @@ def add_commands(commands) -> None:
     serve.add_argument("--lease-seconds", type=float, help="default lease length of a claim (default 300)")
     serve.add_argument("--max-upload-mb", type=float, help="largest request body in MiB (default 512)")
     serve.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (default 1; about one per CPU core)"
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from fastapi import FastAPI
 
@@ -28,7 +29,9 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.state.services = Services(settings, database, blobs)
     errors.install(app)
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)
-    for module in (system, projects, cases, tasks):
+    # routes are tried in order: the tasks router (claim, heartbeat, release: the busiest paths) first; no
+    # path of it matches a route of the others, so the order changes nothing else
+    for module in (tasks, system, projects, cases):
         app.include_router(module.router)
     return app
 
@@ -48,16 +51,34 @@ def prepare(settings: Settings) -> Services:
     return services
 
 
+def worker_app() -> FastAPI:
+    """The app of one of several uvicorn worker processes: settings from the ``MEDANNOT_*`` variables that
+    ``serve`` set; the database was migrated and reconciled once, by ``serve``, before the workers started."""
+    return create_app(Settings())
+
+
 def serve(settings: Settings) -> None:
+    """Migrate and reconcile once, then run uvicorn: in this process, or in ``settings.workers`` worker
+    processes sharing the socket. Workers hold no state of their own (each its own engine; the database
+    and the blob store are shared, as between replicas). Stop them with SIGTERM or SIGINT to this process;
+    a SIGKILL reaches this process only, so kill the process group instead."""
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prepare(settings)
-    app = create_app(settings)
+    database = "sqlite" if settings.url.startswith("sqlite") else "postgresql"
     log.info(
-        "serving on http://%s:%d (database: %s)",
+        "serving on http://%s:%d (database: %s, %d worker process%s)",
         settings.host,
         settings.port,
-        app.state.services.database.engine.dialect.name,
+        database,
+        settings.workers,
+        "" if settings.workers == 1 else "es",
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_keep_alive=30)
+    options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "timeout_keep_alive": 30}
+    if settings.workers > 1:
+        settings.data_dir = settings.data_dir.resolve()
+        os.environ.update(settings.environment())
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
+        return
+    uvicorn.run(create_app(settings), **options)

@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from .errors import ApiError
@@ -125,11 +125,38 @@ def project_access(session: Session, caller: Caller, project_id: int) -> Project
     return ProjectAccess(caller, project_id, roles)
 
 
+# the token, its user and the user's roles in one project: one statement per request (the hot path)
+_ACCESS = (
+    select(
+        ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, User.id.label("user_id"), User.name,
+        User.is_site_admin, Membership.role,
+    )
+    .join(User, User.id == ApiToken.user_id)
+    .outerjoin(Membership, and_(Membership.user_id == User.id, Membership.project_id == bindparam("project_id")))
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)  # fmt: skip
+_PROJECT_EXISTS = select(Project.id).where(Project.id == bindparam("project_id"))
+
+
 def access(request: Request, project_id: ProjectId, _scheme=BEARER) -> ProjectAccess:
-    """The caller and their roles in the project of the path, from one read transaction."""
+    """The caller and their roles in the project of the path: the same checks, in the same order, as
+    ``_caller`` then ``project_access``, from one statement on a plain connection (no ORM session)."""
     token = _bearer(request)
-    with request.app.state.services.database.reading() as session:
-        return project_access(session, _caller(session, token), project_id)
+    with request.app.state.services.database.connection() as connection:
+        params = {"token_hash": token_hash(token), "project_id": project_id}
+        rows = connection.execute(_ACCESS, params).all()
+        if not rows:
+            raise ApiError(401, "invalid_token", "the API token is not valid")
+        first = rows[0]
+        if first.revoked_at is not None:
+            raise ApiError(401, "token_revoked", "the API token was revoked")
+        if first.expires_at is not None and first.expires_at <= utcnow():
+            raise ApiError(401, "token_expired", f"the API token expired at {first.expires_at.isoformat()}Z")
+        caller = Caller(first.user_id, first.name, first.is_site_admin, first.id)
+        roles = frozenset(row.role for row in rows if row.role is not None)
+        if not (roles or (caller.is_site_admin and connection.execute(_PROJECT_EXISTS, params).first())):
+            raise ApiError(404, "project_not_found", f"no project {project_id} (or you are not a member of it)")
+    return ProjectAccess(caller, project_id, roles)
 
 
 Access = Annotated[ProjectAccess, Depends(access)]

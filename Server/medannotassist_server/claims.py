@@ -106,29 +106,34 @@ _TAKE = (
 )
 
 
-def _best(session, kinds: list[str], postgres: bool, params: dict):
+def _best(connection, kinds: list[str], postgres: bool, params: dict):
     """The first free task in claim order (priority, then age) over the kinds and both kinds of free task."""
     found = []
     for kind in kinds:
         for expired in (False, True):
-            row = session.execute(_candidate(kind, expired, postgres), params).first()
+            row = connection.execute(_candidate(kind, expired, postgres), params).first()
             if row is not None:
                 found.append(((-row.priority, row.created_at, row.id), row))
     return min(found, key=lambda item: item[0])[1] if found else None
 
 
+_ADVISORY = text("SELECT pg_advisory_xact_lock(:a, :b)")
+
+
 def claim(database: Database, caller: Caller, project_id: int, kinds: list[str], lease_seconds: float) -> dict | None:
-    """Lease the next task for ``caller``; None when nothing is free for them."""
+    """Lease the next task for ``caller``; None when nothing is free for them. The statements are built
+    once and run on the session's connection (Core: no ORM unit of work on this path)."""
     with database.writing() as session:
+        connection = session.connection()
         if not database.is_sqlite:
-            session.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": CLAIM_LOCK_KEY, "b": caller.id})
+            connection.execute(_ADVISORY, {"a": CLAIM_LOCK_KEY, "b": caller.id})
         now = utcnow()
         params = {"project_id": project_id, "user_id": caller.id, "now": now}
         for _attempt in range(8):
-            candidate = _best(session, kinds, not database.is_sqlite, params)
+            candidate = _best(connection, kinds, not database.is_sqlite, params)
             if candidate is None:
                 return None
-            taken = session.execute(
+            taken = connection.execute(
                 _TAKE,
                 {**params, "task_id": candidate.id, "lease_id": uuid.uuid4().hex,
                  "expires": now + timedelta(seconds=lease_seconds)},
@@ -168,14 +173,26 @@ def explain_refusal(session: Session, caller: Caller, project_id: int, task_id: 
     return ApiError(409, "lease_lost", f"task {task_id}: the lease could not be used")
 
 
-def _fenced(caller: Caller, project_id: int, task_id: int, lease_id: str):
-    return (
-        Task.id == task_id,
-        Task.project_id == project_id,
-        Task.lease_id == lease_id,
-        Task.holder_id == caller.id,
-        Task.state == LEASED,
-    )
+# bound names differ from column names: UPDATE reserves those for its SET clause
+_FENCE = (
+    Task.id == bindparam("f_task_id"),
+    Task.project_id == bindparam("f_project_id"),
+    Task.lease_id == bindparam("f_lease_id"),
+    Task.holder_id == bindparam("f_user_id"),
+    Task.state == LEASED,
+)
+_VIEW = tuple(getattr(Task, name) for name in VIEW_FIELDS)
+_EXTEND = update(Task).where(*_FENCE).values(lease_expires_at=bindparam("expires")).returning(*_VIEW)
+_RELEASE = (
+    update(Task)
+    .where(*_FENCE)
+    .values(state=QUEUED, lease_id=None, lease_expires_at=None, holder_id=None, claimed_at=None)
+    .returning(*_VIEW)
+)
+
+
+def _fence_params(caller: Caller, project_id: int, task_id: int, lease_id: str) -> dict:
+    return {"f_task_id": task_id, "f_project_id": project_id, "f_lease_id": lease_id, "f_user_id": caller.id}
 
 
 def heartbeat(
@@ -183,27 +200,18 @@ def heartbeat(
 ) -> dict:
     """Extend a lease (not audited: a lease extension is not a change of the task's state)."""
     with database.writing() as session:
-        now = utcnow()
-        done = session.execute(
-            update(Task)
-            .where(*_fenced(caller, project_id, task_id, lease_id))
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .execution_options(synchronize_session=False)
-        )
-        if done.rowcount != 1:
+        params = _fence_params(caller, project_id, task_id, lease_id)
+        params["expires"] = utcnow() + timedelta(seconds=lease_seconds)
+        row = session.connection().execute(_EXTEND, params).first()
+        if row is None:
             raise explain_refusal(session, caller, project_id, task_id, lease_id)
-        return task_view(session.get(Task, task_id, populate_existing=True))
+        return task_view(row)
 
 
 def release(database: Database, caller: Caller, project_id: int, task_id: int, lease_id: str) -> dict:
     with database.writing() as session:
-        done = session.execute(
-            update(Task)
-            .where(*_fenced(caller, project_id, task_id, lease_id))
-            .values(state=QUEUED, lease_id=None, lease_expires_at=None, holder_id=None, claimed_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        if done.rowcount != 1:
+        row = session.connection().execute(_RELEASE, _fence_params(caller, project_id, task_id, lease_id)).first()
+        if row is None:
             raise explain_refusal(session, caller, project_id, task_id, lease_id)
         audit.record(
             session,
@@ -215,7 +223,7 @@ def release(database: Database, caller: Caller, project_id: int, task_id: int, l
             {"state": QUEUED, "holder_id": None},
             project_id,
         )
-        return task_view(session.get(Task, task_id, populate_existing=True))
+        return task_view(row)
 
 
 def lease_task(session: Session, caller: Caller, project_id: int, task_id: int, lease_id: str, kind: str) -> Task:

@@ -1,20 +1,26 @@
 """The database: one engine per process, short read and write transactions, migrations to head.
 
-SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged commit survives a crash) and every
-write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before the first read, so two
-writers, in threads or processes, never both read a free lease and both take it. PostgreSQL runs at
-READ COMMITTED; claims lock their row with ``FOR UPDATE SKIP LOCKED`` (see ``claims``).
+SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged commit survives a crash, even of the
+machine) and every write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before the
+first read, so two writers, in threads or processes, never both read a free lease and both take it. The
+writers of one process also queue on a lock of their own before ``BEGIN IMMEDIATE``: SQLite's busy handler
+waits by polling with growing sleeps, which under load lets some writers starve for seconds, while the
+lock hands the database to the waiting threads in turn (other processes still meet the busy handler).
+PostgreSQL runs at READ COMMITTED; claims lock their row with ``FOR UPDATE SKIP LOCKED`` (see ``claims``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import audit
@@ -25,14 +31,16 @@ BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_KEY = 7_420_001
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, writers: bool = False) -> Engine:
+    """``writers``: SQLite's engine for write transactions, one connection: SQLite has one writer at a time
+    anyway, and the pool's queue is fairer than SQLite's busy handler (waiting as long as it would)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            pool_size=32,
-            max_overflow=32,
-            pool_timeout=60,
+            pool_size=1 if writers else 32,
+            max_overflow=0 if writers else 32,
+            pool_timeout=BUSY_TIMEOUT_MS / 1000 if writers else 60,
         )
 
         @event.listens_for(engine, "connect")
@@ -64,7 +72,8 @@ class Database:
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+        self._write_engine = make_engine(url, writers=True) if self.is_sqlite else self.engine
+        self._write = sessionmaker(self._write_engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -72,13 +81,24 @@ class Database:
             yield session
 
     @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A plain connection for a hot path's read (one or two Core statements, no ORM session)."""
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
     def writing(self) -> Iterator[Session]:
-        with self._write() as session, session.begin():
-            yield session
-            audit.write_pending(session)
+        try:
+            with self._write() as session, session.begin():
+                yield session
+                audit.write_pending(session)
+        except PoolTimeoutError:
+            # SQLite's writers' queue did not move for as long as the busy timeout: 503, as a busy database
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")) from None
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._write_engine.dispose()
 
 
 def alembic_config(url: str):

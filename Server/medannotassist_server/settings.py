@@ -34,6 +34,8 @@ class Settings:
     max_voxels: int = field(default_factory=lambda: _env("max_voxels", 1024 * 1024 * 1024, int))
     max_bulk_cases: int = field(default_factory=lambda: _env("max_bulk_cases", 5000, int))
     log_level: str = field(default_factory=lambda: _env("log_level", "info"))
+    # uvicorn worker processes of this server (one listening socket; each process its own engine and pool)
+    workers: int = field(default_factory=lambda: _env("workers", 1, int))
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
@@ -48,6 +50,10 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    def environment(self) -> dict[str, str]:
+        """These settings as ``MEDANNOT_*`` variables: what a worker process reads back with ``Settings()``."""
+        return {f"MEDANNOT_{item.name.upper()}": str(getattr(self, item.name)) for item in fields(self)}
 
     @classmethod
     def from_args(cls, args) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
@@ -27,8 +27,20 @@ def _lease_seconds(services, requested: float | None) -> float:
     return min(requested or settings.lease_seconds, settings.max_lease_seconds)
 
 
-@router.post("/claim", summary="Lease the next task (priority, then age); task null when none is free")
-def claim(project_id: ProjectId, access: Access, services: Svc, body: ClaimRequest | None = None) -> dict:
+# The hot paths (claim, heartbeat, release) take the services from the request rather than from the ``Svc``
+# dependency (a sync dependency costs a hop to the thread pool) and answer with a JSONResponse (a plain
+# dict would be validated and serialized in another hop); ``response_model`` keeps the OpenAPI document.
+
+
+def _services(request: Request):
+    return request.app.state.services
+
+
+@router.post(
+    "/claim", response_model=dict, summary="Lease the next task (priority, then age); task null when none is free"
+)
+def claim(project_id: ProjectId, access: Access, request: Request, body: ClaimRequest | None = None) -> JSONResponse:
+    services = _services(request)
     body = body or ClaimRequest()
     kinds = [kind for kind, role in ((ANNOTATE, ANNOTATOR), (REVIEW, REVIEWER)) if role in access.roles]
     if body.kind is not None:
@@ -41,7 +53,7 @@ def claim(project_id: ProjectId, access: Access, services: Svc, body: ClaimReque
     task = claims.claim(
         services.database, access.caller, project_id, kinds, _lease_seconds(services, body.lease_seconds)
     )
-    return {"task": task}
+    return JSONResponse({"task": task})
 
 
 @router.get("", summary="The caller's tasks that are leased now")
@@ -66,15 +78,21 @@ def get_task(project_id: ProjectId, task_id: TaskId, access: Access, services: S
         return claims.task_view(task)
 
 
-@router.post("/{task_id}/heartbeat", summary="Extend the lease (needs the lease_id of the claim)")
-def heartbeat(project_id: ProjectId, task_id: TaskId, body: HeartbeatRequest, access: Access, services: Svc) -> dict:
+@router.post("/{task_id}/heartbeat", response_model=dict, summary="Extend the lease (needs the lease_id of the claim)")
+def heartbeat(
+    project_id: ProjectId, task_id: TaskId, body: HeartbeatRequest, access: Access, request: Request
+) -> JSONResponse:
+    services = _services(request)
     seconds = _lease_seconds(services, body.lease_seconds)
-    return claims.heartbeat(services.database, access.caller, project_id, task_id, body.lease_id, seconds)
+    return JSONResponse(claims.heartbeat(services.database, access.caller, project_id, task_id, body.lease_id, seconds))
 
 
-@router.post("/{task_id}/release", summary="Give the task back to the queue")
-def release(project_id: ProjectId, task_id: TaskId, body: LeaseRequest, access: Access, services: Svc) -> dict:
-    return claims.release(services.database, access.caller, project_id, task_id, body.lease_id)
+@router.post("/{task_id}/release", response_model=dict, summary="Give the task back to the queue")
+def release(
+    project_id: ProjectId, task_id: TaskId, body: LeaseRequest, access: Access, request: Request
+) -> JSONResponse:
+    database = _services(request).database
+    return JSONResponse(claims.release(database, access.caller, project_id, task_id, body.lease_id))
 
 
 @router.post(

@@ -1,0 +1,549 @@
+"""Benchmark: the task-queue server's claims and submissions under concurrent clients.
+
+Configurations: SQLite with one server process; SQLite with two server processes on one data directory;
+PostgreSQL 15 (a throwaway cluster, as the tests make it) behind one replica and behind two (clients split
+across the two ports); each with `serve --workers 1` and `--workers 2` (`--workers`). Each gets a fresh data
+directory and database.
+
+Claims: N clients (8, 32, 64), each one user (an annotator) with its own keep-alive HTTP connection, loop
+``claim`` → ``release``: every claim that counts obtains a task, and the release puts it back, so the number
+of live leases stays at most N however long the run (a real queue has about one live lease per reader; a run
+that only claimed would pile up thousands of leases, which is not what a queue looks like). Claims/s counts
+claims that obtained a task, by their end time, in the steady windows; p50/p99 are of those claims' latency
+(perf_counter around one request, client side). The load runs continuously: a warm-up, then ``--windows``
+windows of ``--window-s`` seconds; each figure is the median over the windows.
+
+Submissions: 8 clients loop ``claim`` → ``submit`` of a 1 MiB segmentation (uint8 labelmap 128 x 128 x 64,
+NRRD raw encoding, so the 1 MiB is on the wire) on the case image's grid, each body unique (a counter in
+32 voxels) and sent with an Idempotency-Key. Cases have one reader and no review (each submission closes
+its case).
+
+Server CPU: psutil ``cpu_times`` of the server processes (and their worker children) at each window's
+boundaries, as CPU seconds per 1,000 claims (each with its release) or submissions; PostgreSQL's own
+backends are reported apart. On a small machine the load generator competes with the server for the CPUs;
+CPU per 1,000 operations does not depend on that.
+
+Run: ``.venv/bin/python bench/queue.py`` (about 10 minutes; ``--quick`` for one window per cell).
+Writes ``var/bench/queue.json`` and the "Task queue" section of docs/benchmarks.md (other sections kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# this file is named like the standard library's ``queue``, which multiprocessing imports: not from here
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"] + [str(REPO)]
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from Testing.server.harness import Api, ServerProcess, create_site_admin  # noqa: E402
+from Testing.server.postgres import PostgresCluster  # noqa: E402
+
+SECTION = "## Task queue"
+SEG_SIZE = (128, 128, 64)  # i, j, k: 1 MiB of uint8
+CONFIGS = {
+    "sqlite-1": ("sqlite", 1),
+    "sqlite-2": ("sqlite", 2),
+    "postgresql-1": ("postgresql", 1),
+    "postgresql-2": ("postgresql", 2),
+}
+
+
+def version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+# --- the load generator: processes of threads, one keep-alive connection per client --------------------
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    conn.request("POST", path, body, headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def _claimer(client: dict, start_at: float, stop_at: float, out: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", client["port"], timeout=60)
+    headers = {"Authorization": f"Bearer {client['token']}", "Content-Type": "application/json"}
+    base = f"/api/v1/projects/{client['project']}/tasks"
+    claims, releases, empty, errors = [], [], 0, []
+    while time.monotonic() < start_at:
+        time.sleep(0.001)
+    while True:
+        began = time.perf_counter()
+        if began > stop_at:
+            break
+        status, body = _post(conn, base + "/claim", b"{}", headers)
+        ended = time.perf_counter()
+        task = json.loads(body).get("task") if status == 200 else None
+        if task is None:
+            empty += status == 200
+            if status != 200:
+                errors.append(f"claim {status} {body[:200]!r}")
+            continue
+        claims.append((ended, ended - began))
+        payload = json.dumps({"lease_id": task["lease_id"]}).encode()
+        began = time.perf_counter()
+        status, body = _post(conn, f"{base}/{task['id']}/release", payload, headers)
+        ended = time.perf_counter()
+        if status != 200:
+            errors.append(f"release {status} {body[:200]!r}")
+        releases.append((ended, ended - began))
+    conn.close()
+    out.append({"claims": claims, "releases": releases, "empty": empty, "errors": errors[:5]})
+
+
+def _multipart(boundary: str, lease_id: str, seg: bytes) -> bytes:
+    metadata_json = json.dumps({"time_spent_s": 1.0, "client": "bench/queue.py"})
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="lease_id"\r\n\r\n{lease_id}\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n{metadata_json}\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="segmentation"; filename="reader.seg.nrrd"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode(),
+        seg,
+        f"\r\n--{boundary}--\r\n".encode(),
+    ]
+    return b"".join(parts)
+
+
+def _submitter(client: dict, start_at: float, stop_at: float, out: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", client["port"], timeout=120)
+    auth = {"Authorization": f"Bearer {client['token']}"}
+    base = f"/api/v1/projects/{client['project']}/tasks"
+    seg = bytearray(client["seg"])
+    boundary = "benchqueue" + os.urandom(8).hex()
+    submits, claims, errors, wire = [], [], [], 0
+    counter = client["index"] << 20
+    while time.monotonic() < start_at:
+        time.sleep(0.001)
+    while time.perf_counter() < stop_at:
+        began = time.perf_counter()
+        status, body = _post(conn, base + "/claim", b"{}", {**auth, "Content-Type": "application/json"})
+        claims.append((time.perf_counter(), time.perf_counter() - began))
+        task = json.loads(body).get("task") if status == 200 else None
+        if task is None:
+            errors.append(f"claim {status} {body[:200]!r}")
+            break
+        counter += 1
+        seg[-32:] = bytes((counter >> bit) & 1 for bit in range(32))  # unique content, labels 0/1 only
+        payload = _multipart(boundary, task["lease_id"], bytes(seg))
+        headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}",
+                   "Idempotency-Key": f"bench-{counter}"}  # fmt: skip
+        began = time.perf_counter()
+        status, body = _post(conn, f"{base}/{task['id']}/submissions", payload, headers)
+        ended = time.perf_counter()
+        if status != 201:
+            errors.append(f"submit {status} {body[:200]!r}")
+            continue
+        submits.append((ended, ended - began))
+        wire += len(payload)
+    conn.close()
+    out.append({"claims": claims, "submits": submits, "wire_bytes": wire, "errors": errors[:5]})
+
+
+def _generator(clients: list[dict], mode: str, start_at: float, stop_at: float, queue) -> None:
+    out: list = []
+    target = _claimer if mode == "claims" else _submitter
+    threads = [threading.Thread(target=target, args=(c, start_at, stop_at, out)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    queue.put(out)
+
+
+# --- CPU accounting -----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and their (live) descendants."""
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for proc in [process, *process.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def postmaster_pid(cluster: PostgresCluster | None) -> list[int]:
+    if cluster is None:
+        return []
+    pid_file = cluster.root / "data" / "postmaster.pid"
+    return [int(pid_file.read_text().split()[0])]
+
+
+# --- one configuration --------------------------------------------------------------------------------
+
+
+class Setup:
+    """A fresh queue: servers, a site admin, a project with one-reader cases, and 64 annotators."""
+
+    def __init__(self, root: Path, config: str, cluster: PostgresCluster | None, extra: list[str], tag: str = ""):
+        backend, replicas = CONFIGS[config]
+        self.root = root / f"{config}{tag}"
+        self.data_dir = self.root / "data"
+        self.data_dir.mkdir(parents=True)
+        self.cluster = cluster if backend == "postgresql" else None
+        self.url = self.cluster.create_database() if self.cluster else None
+        token = create_site_admin(self.data_dir, self.url)
+        self.servers = [ServerProcess(self.data_dir, self.url, None, "--log-level", "warning", *extra)
+                        for _ in range(replicas)]  # fmt: skip
+        for server in self.servers:
+            server.start()
+        self.admin = Api(self.servers[0].url, token, "admin")
+        self.users: list[Api] = []
+
+    def project(self, name: str, image: Path, cases: int) -> int:
+        admin = self.admin
+        project = admin.new_project(name, readers=1, review=False)
+        sha = admin.upload_image(project, image)["sha256"]
+        for start in range(0, cases, 5000):
+            batch = [{"name": f"c{i:06d}", "image_sha256": sha} for i in range(start, min(cases, start + 5000))]
+            admin.ok(admin.post(f"/api/v1/projects/{project}/cases/bulk", json={"cases": batch}), 201)
+        for index in range(64):
+            if len(self.users) <= index:
+                self.users.append(admin.new_user(f"reader{index:02d}"))
+            admin.set_roles(project, self.users[index].name, "annotator")
+        return project
+
+    def pids(self) -> list[int]:
+        return [server.process.pid for server in self.servers]
+
+    def stop(self) -> None:
+        self.admin.close()
+        for user in self.users:
+            user.close()
+        for server in self.servers:
+            server.stop()
+
+
+def run_load(setup: Setup, project: int, mode: str, n_clients: int, args, seg: bytes = b"") -> dict:
+    """Run the load; sample CPU at window boundaries; per-window figures and their medians."""
+    procs = max(1, min(args.generators, n_clients))
+    clients = [{"index": i, "port": setup.servers[i % len(setup.servers)].port, "token": setup.users[i].token,
+                "project": project, "seg": seg} for i in range(n_clients)]  # fmt: skip
+    warm, length, windows = args.warmup_s, args.window_s, args.windows
+    start_at = time.monotonic() + 1.0
+    bounds = [start_at + warm + i * length for i in range(windows + 1)]
+    stop_at = bounds[-1] + 0.05
+    # perf_counter and monotonic are the same clock on Linux (CLOCK_MONOTONIC); checked here
+    assert abs(time.perf_counter() - time.monotonic()) < 1.0
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_generator, args=(clients[p::procs], mode, start_at, stop_at, queue))
+               for p in range(procs)]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    server_cpu, pg_cpu, gen_cpu = [], [], []
+    pg = postmaster_pid(setup.cluster)
+    for bound in bounds:
+        time.sleep(max(0.0, bound - time.monotonic()))
+        server_cpu.append(cpu_seconds(setup.pids()))
+        pg_cpu.append(cpu_seconds(pg))
+        gen_cpu.append(cpu_seconds([w.pid for w in workers]))
+    results = [item for _ in workers for item in queue.get(timeout=300)]
+    for worker in workers:
+        worker.join(timeout=60)
+    key = "claims" if mode == "claims" else "submits"
+    events = sorted(event for result in results for event in result[key])
+    errors = [error for result in results for error in result["errors"]]
+    per_window = []
+    for i in range(windows):
+        lo, hi = bounds[i], bounds[i + 1]
+        latencies = np.array([lat for end, lat in events if lo <= end < hi])
+        count = len(latencies)
+        row = {
+            "ops": count,
+            "ops_per_s": count / length,
+            "p50_ms": float(np.percentile(latencies, 50) * 1000) if count else None,
+            "p99_ms": float(np.percentile(latencies, 99) * 1000) if count else None,
+            "server_cpu_s_per_1000": (server_cpu[i + 1] - server_cpu[i]) / count * 1000 if count else None,
+            "postgres_cpu_s_per_1000": (pg_cpu[i + 1] - pg_cpu[i]) / count * 1000 if count and pg else None,
+            "generator_cpu_s_per_1000": (gen_cpu[i + 1] - gen_cpu[i]) / count * 1000 if count else None,
+            "server_cpu_util": (server_cpu[i + 1] - server_cpu[i]) / length,
+        }
+        per_window.append(row)
+    summary = {name: _median([w[name] for w in per_window]) for name in per_window[0]}
+    summary.update(clients=n_clients, windows=per_window, errors=errors[:10],
+                   empty_claims=sum(r.get("empty", 0) for r in results))  # fmt: skip
+    if mode == "submits":
+        wire = sum(r["wire_bytes"] for r in results)
+        total = sum(len(r["submits"]) for r in results)
+        summary["mib_per_s"] = summary["ops_per_s"] * (wire / max(total, 1)) / 2**20
+        summary["bytes_per_submission"] = wire / max(total, 1)
+    return summary
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def make_files(tmp: Path) -> tuple[Path, Path, bytes]:
+    """A small image for the claim projects, a 128x128x64 image and its raw 1 MiB segmentation."""
+    import SimpleITK as sitk
+
+    from MedAnnotAssistLib.core.labelio import Geometry, write_seg_nrrd, write_volume
+    from MedAnnotAssistLib.core.protocol import bundled_protocol
+
+    direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    small = write_volume(tmp / "small.nii.gz", np.zeros((6, 10, 12), np.int16), Geometry((12, 10, 6), (2.0, 2.0, 3.0),
+                         (0.0, 0.0, 0.0), direction))  # fmt: skip
+    geometry = Geometry(SEG_SIZE, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), direction)
+    rng = np.random.default_rng(3)
+    big = write_volume(tmp / "big.nii.gz", rng.integers(-100, 200, SEG_SIZE[::-1]).astype(np.int16), geometry)
+    protocol = bundled_protocol("abdominal-organs")
+    labels = np.zeros(SEG_SIZE[::-1], np.uint8)
+    labels[10:50, 30:90, 30:100] = 1
+    seg = write_seg_nrrd(tmp / "gz.seg.nrrd", labels, geometry, [(1, protocol.structure("liver"))], protocol)
+    raw = tmp / "raw.seg.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(seg)), str(raw), useCompression=False)
+    data = raw.read_bytes()
+    assert b"encoding: raw" in data and len(data) > 2**20, "expected a raw 1 MiB segmentation"
+    return small, big, data
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def _fmt(value, digits=1):
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def report(results: dict, meta: dict, args) -> str:
+    lines = [SECTION, "", f"Measured on {meta['date']} by `bench/queue.py` ({meta['minutes']:.1f} min).", ""]
+    lines += [
+        f"- Machine: {meta['machine']}; load generator and servers share it.",
+        f"- Versions: {meta['versions']}; our code at `{meta['commit']}`.",
+        f"- Server: {meta['server']}.",
+        f"- Each figure: median of {args.windows} windows of {args.window_s:g} s in one continuous run per cell, "
+        f"after a {args.warmup_s:g} s warm-up; clients split over {args.generators} generator processes "
+        "(threads, one keep-alive connection each).",
+        "",
+        "### Claims (claim → release loop)",
+        "",
+        "| configuration | clients | claims/s | p50 ms | p99 ms | server CPU s / 1,000 claims | "
+        "PostgreSQL CPU s / 1,000 | server CPU busy (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for config, rows in results["claims"].items():
+        for row in rows:
+            lines.append(
+                f"| {config} | {row['clients']} | {_fmt(row['ops_per_s'], 0)} | {_fmt(row['p50_ms'])} | "
+                f"{_fmt(row['p99_ms'])} | {_fmt(row['server_cpu_s_per_1000'], 2)} | "
+                f"{_fmt(row['postgres_cpu_s_per_1000'], 2)} | {_fmt(row['server_cpu_util'], 2)} |"
+            )
+    lines += [
+        "",
+        f"### Submissions (claim → submit a 1 MiB segmentation, {args.submit_clients} clients)",
+        "",
+        "| configuration | submissions/s | MiB/s on the wire | p50 ms | p99 ms | server CPU s / 1,000 submissions |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for config, row in results["submits"].items():
+        lines.append(
+            f"| {config} | {_fmt(row['ops_per_s'])} | {_fmt(row['mib_per_s'])} | {_fmt(row['p50_ms'])} | "
+            f"{_fmt(row['p99_ms'])} | {_fmt(row['server_cpu_s_per_1000'], 1)} |"
+        )
+    baseline = results.get("baseline")
+    if baseline:
+        lines += [
+            "",
+            f"### Before this round of tuning ({baseline['meta']['label']})",
+            "",
+            "| configuration | clients | claims/s | p50 ms | p99 ms | server CPU s / 1,000 claims |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for config, rows in baseline["claims"].items():
+            lines += [f"| {config} | {row['clients']} | {_fmt(row['ops_per_s'], 0)} | {_fmt(row['p50_ms'])} | "
+                      f"{_fmt(row['p99_ms'])} | {_fmt(row['server_cpu_s_per_1000'], 2)} |" for row in rows]  # fmt: skip
+    lines += ["", *goal_lines(results), "", "Notes:", *NOTES]
+    return "\n".join(lines) + "\n"
+
+
+NOTES = [
+    "- Method: every claim counted obtained a task; its client then released it (so the server answers two "
+    "requests per claim, and CPU per 1,000 claims includes 1,000 releases). Each claim and release is a write "
+    "transaction with an audit event. Latency is measured by the client around one request; the clients "
+    "run in a closed loop, so at a given rate the latency grows with the number of clients (Little's law).",
+    "- Submissions: 1 MiB on the wire per request (raw NRRD labelmap, 1,048,576 voxels plus header and "
+    "multipart framing); a gzip-encoded segmentation of the same grid would be a few KiB. Each one is hashed, "
+    "fsynced into the blob store, fully read and checked against the case's grid, and recorded in one transaction.",
+    "- Server CPU s / 1,000 is what our server processes spent (psutil, user + system, workers included); "
+    "PostgreSQL's backends are in their own column. The load generator spent well under 1 CPU s / 1,000 "
+    "claims (in var/bench/queue.json).",
+    "- What limits it: not the CPUs alone (the server processes use about one core, PostgreSQL a third to a half, "
+    "the generator a tenth, of two). Every claim and every release is a write transaction that holds a "
+    "database-wide serialization point until it commits: SQLite's one writer lock, and on PostgreSQL the "
+    "`audit_head` row that every audited write locks to append to the hash chain. While it is held, the Python "
+    "thread that holds it competes for its process's GIL with the other requests, so the hold time, not the "
+    "work, sets the rate. Between processes on one SQLite file the waiting writers poll (SQLite's busy handler "
+    "sleeps 1-100 ms), hence p99 over a second with two processes or workers.",
+    "- Where a claim's CPU goes (measured apart, one thread, SQLite): token, user and roles 0.1 ms (one "
+    "statement); claim + release 2.5 ms, of which the two audit appends are 2.0 ms (ORM statements; the same "
+    "appends as Core statements take 0.8 ms); FastAPI's routing, validation and thread-pool hops about 0.4 ms a "
+    "request; the rest is thread and GIL contention under load.",
+    "- The goals are the issue's stretch goals: on this 2-core machine they are missed by far. With 32 "
+    "closed-loop clients, latency is about 32 / (2 x claims/s) per request, so p99 <= 50 ms needs several "
+    "hundred claims/s first.",
+]
+
+
+def goal_lines(results: dict) -> list[str]:
+    out = []
+    for config, goal in (("sqlite-1", 500), ("postgresql-2", 1500)):
+        for label, rows in results["claims"].items():
+            row = next((row for row in rows if row["clients"] == 32), None)
+            if not label.startswith(config + ",") or row is None:
+                continue
+            met = row["ops_per_s"] >= goal and row["p99_ms"] is not None and row["p99_ms"] <= 50
+            out.append(
+                f"Goal — {label}, 32 clients: ≥ {goal:,} claims/s and p99 ≤ 50 ms: **{'met' if met else 'missed'}** "
+                f"({row['ops_per_s']:,.0f} claims/s, p99 {row['p99_ms']:,.0f} ms).  "
+            )
+    return out
+
+
+def write_doc(path: Path, section: str) -> None:
+    """Replace the "## Task queue" section of ``path`` (or append it)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    found = re.search(rf"^{SECTION}\b.*?(?=^## |\Z)", text, flags=re.M | re.S)
+    text = text[: found.start()] + section + "\n" + text[found.end() :] if found else text.rstrip() + "\n\n" + section
+    path.write_text(text.rstrip() + "\n")
+
+
+def _add_baseline(results: dict, args) -> None:
+    if args.baseline:
+        results["baseline"] = json.loads(args.baseline.read_text())
+        results["baseline"]["meta"]["label"] = args.baseline_label or str(args.baseline)
+
+
+def machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, {memory:.1f} GiB RAM, "
+            f"{platform.system()}, Python {platform.python_version()}")  # fmt: skip
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS))
+    parser.add_argument("--clients", default="8,32,64")
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--window-s", type=float, default=3.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--generators", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--submit-clients", type=int, default=8)
+    parser.add_argument("--submit-configs", default="sqlite-1,postgresql-2")
+    parser.add_argument("--workers", default="1,2", help="`serve --workers` values to run each configuration with")
+    parser.add_argument("--serve-args", default="", help="extra `medannot serve` options, e.g. '--workers 2'")
+    parser.add_argument("--quick", action="store_true", help="one window per cell")
+    parser.add_argument("--baseline", type=Path, help="a JSON of this bench from older code, shown as 'before'")
+    parser.add_argument("--baseline-label", default="", help="what the baseline ran (shown in its heading)")
+    parser.add_argument("--from-json", action="store_true", help="no run: rewrite the section from --json")
+    parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "queue.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.windows = 1
+    configs = [c for c in args.configs.split(",") if c]
+    submit_configs = [c for c in args.submit_configs.split(",") if c]
+    counts = [int(c) for c in args.clients.split(",")]
+    extra = args.serve_args.split()
+    worker_counts = [int(w) for w in args.workers.split(",") if w]
+    if args.from_json:
+        saved = json.loads(args.json.read_text())
+        _add_baseline(saved, args)
+        write_doc(args.doc, report(saved, saved["meta"], argparse.Namespace(**saved["meta"]["args"])))
+        return
+    started = time.perf_counter()
+    results: dict = {"claims": {}, "submits": {}}
+    cluster = None
+    with tempfile.TemporaryDirectory(prefix="medannot-bench-queue-") as tmp:
+        tmp = Path(tmp)
+        small, big, seg = make_files(tmp)
+        try:
+            if any(CONFIGS[c][0] == "postgresql" for c in configs + submit_configs):
+                cluster = PostgresCluster().start()
+            for config in dict.fromkeys(configs + submit_configs):
+                for workers in worker_counts:
+                    label = f"{config}, {workers} worker{'s' if workers > 1 else ''}"
+                    workers_option = ["--workers", str(workers)] if workers > 1 else []
+                    setup = Setup(tmp, config, cluster, [*extra, *workers_option], f"w{workers}")
+                    try:
+                        if config in configs:
+                            project = setup.project("claims", small, 2000)
+                            for n in counts:
+                                print(f"[{time.perf_counter() - started:6.1f} s] {label}: {n} clients", flush=True)
+                                row = run_load(setup, project, "claims", n, args)
+                                results["claims"].setdefault(label, []).append(row)
+                                print(f"    {_fmt(row['ops_per_s'], 0)} claims/s, p50 {_fmt(row['p50_ms'])} ms, p99 "
+                                      f"{_fmt(row['p99_ms'])} ms, server {_fmt(row['server_cpu_s_per_1000'], 2)} "
+                                      f"CPU s/1000 {row['errors'][:2]}", flush=True)  # fmt: skip
+                        if config in submit_configs:
+                            print(f"[{time.perf_counter() - started:6.1f} s] {label}: submissions", flush=True)
+                            project = setup.project("submits", big, 3000)
+                            row = run_load(setup, project, "submits", args.submit_clients, args, seg)
+                            results["submits"][label] = row
+                            print(f"    {_fmt(row['ops_per_s'])} submissions/s, {_fmt(row['mib_per_s'])} MiB/s, "
+                                  f"p50 {_fmt(row['p50_ms'])} ms, p99 {_fmt(row['p99_ms'])} ms {row['errors'][:2]}",
+                                  flush=True)  # fmt: skip
+                    finally:
+                        setup.stop()
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    names = ("fastapi", "starlette", "uvicorn", "SQLAlchemy", "psycopg", "pydantic", "httptools", "uvloop")
+    pg_bin = Path(os.environ.get("MEDANNOT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+    pg_version = subprocess.run([str(pg_bin / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    import sqlite3
+
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "versions": ", ".join(f"{n} {version(n)}" for n in names) + f", SQLite {sqlite3.sqlite_version}, {pg_version}",
+        "commit": commit.stdout.strip() or "?",
+        "server": "`" + " ".join(["medannot serve --log-level warning", *extra, "--workers N"]) + "`",
+        "minutes": (time.perf_counter() - started) / 60,
+        "args": vars(args) | {"doc": str(args.doc), "json": str(args.json)},
+    }
+    _add_baseline(results, args)
+    section = report(results, meta, args)
+    print(section)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"meta": meta, **{k: v for k, v in results.items() if k != "baseline"}},
+                                    indent=2, default=str))  # fmt: skip
+    if not args.no_doc:
+        write_doc(args.doc, section)
+
+
+if __name__ == "__main__":
+    main()
