@@ -407,9 +407,9 @@ NOTES = [
     "work, sets the rate. Between processes on one SQLite file the waiting writers poll (SQLite's busy handler "
     "sleeps 1-100 ms), hence p99 over a second with two processes or workers.",
     "- Where a claim's CPU goes (measured apart, one thread, SQLite): token, user and roles 0.1 ms (one "
-    "statement); claim + release 2.5 ms, of which the two audit appends are 2.0 ms (ORM statements; the same "
-    "appends as Core statements take 0.8 ms); FastAPI's routing, validation and thread-pool hops about 0.4 ms a "
-    "request; the rest is thread and GIL contention under load.",
+    "statement); claim + release about 1.3 ms, of which the two audit appends are 0.8 ms (Core statements on "
+    "the tables; through the ORM's bulk path they took 2.0 ms, which halved the rate on SQLite); FastAPI's "
+    "routing, validation and thread-pool hops about 0.4 ms a request; the rest is thread and GIL contention.",
     "- The goals are the issue's stretch goals: on this 2-core machine they are missed by far. With 32 "
     "closed-loop clients, latency is about 32 / (2 x claims/s) per request, so p99 <= 50 ms needs several "
     "hundred claims/s first.",
