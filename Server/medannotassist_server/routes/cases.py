@@ -21,7 +21,7 @@ from ..dicom_ingest import ingest_dicom_series
 from ..errors import ApiError, not_found
 from ..models import ADMIN, ANNOTATOR, APPROVED, REVIEWER, Case, ConsensusResult, Image, Project, Submission, Task, User
 from ..schemas import MAX_ID, NAME_PATTERN, BulkCases, CaseId, ProjectId, SubmissionId
-from ..services import Svc
+from ..services import Services, Svc
 from ..submissions import submission_view
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["cases"])
@@ -91,11 +91,17 @@ def upload_case(
 ) -> dict:
     access.require(ADMIN)
     stored = store_image(services, access.caller, image)
+    return _case_of_image(services, access, project_id, stored, name, priority)
+
+
+def _case_of_image(
+    services: Services, access: ProjectAccess, project_id: int, stored: dict, name: str, priority: float
+) -> dict:
+    """A new case (and its annotate tasks) on an image just stored; the answer holds the case and the image."""
     with services.database.writing() as session:
         project = session.get(Project, project_id)
-        case = add_cases(
-            session, access.caller, project, [{"name": name, "image_sha256": stored["sha256"], "priority": priority}]
-        )[0]
+        spec = {"name": name, "image_sha256": stored["sha256"], "priority": priority}
+        case = add_cases(session, access.caller, project, [spec])[0]
         return case_view(session, case, access) | {"image": stored}
 
 
@@ -115,12 +121,7 @@ def upload_dicom_case(
 ) -> dict:
     access.require(ADMIN)
     stored, deidentification = ingest_dicom_series(services, access.caller, project_id, series)
-    with services.database.writing() as session:
-        project = session.get(Project, project_id)
-        case = add_cases(
-            session, access.caller, project, [{"name": name, "image_sha256": stored["sha256"], "priority": priority}]
-        )[0]
-        return case_view(session, case, access) | {"image": stored, "deidentification": deidentification}
+    return _case_of_image(services, access, project_id, stored, name, priority) | {"deidentification": deidentification}
 
 
 @router.post("/cases/bulk", status_code=201, summary="Many cases at once: stored images or DICOMweb series (admin)")
