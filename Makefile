@@ -32,10 +32,10 @@ test-monailabel: $(STAMP)
 ## bench: the CT engine, consensus, DICOM and the task queue; writes docs/benchmarks.md (~50 min)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[mrml,server,test,bench]'
-	$(BIN)/python bench/presegment.py
-	$(BIN)/python bench/consensus.py
-	$(BIN)/python bench/dicom.py
-	$(BIN)/python bench/queue.py
+	$(BIN)/python -m bench.presegment
+	$(BIN)/python -m bench.consensus
+	$(BIN)/python -m bench.dicom
+	$(BIN)/python -m bench.queue
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,7 +10,7 @@ eroded, dilated, and shifted with a missed slice. Each method runs in its own sp
 time, peak RSS over the RSS after loading; values are checked against ours afterwards, untimed.
 Prints the tables and writes the "Consensus" section of docs/benchmarks.md.
 
-Run: ``make bench`` or ``.venv/bin/python bench/consensus.py [--quick] [--repeats 3] [--big-repeats 1]``.
+Run: ``make bench`` or ``.venv/bin/python -m bench.consensus [--quick] [--repeats 3] [--big-repeats 1]``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import surface_distance as sd
 from scipy import ndimage
 from seg_metrics import seg_metrics as sg
 
+from bench.benchdoc import replace_section
 from MedAnnotAssistLib.core.consensus import MARGIN, compute_consensus
 from MedAnnotAssistLib.core.fusion import staple
 from MedAnnotAssistLib.core.labelio import Geometry, ReaderLabels
@@ -391,17 +392,6 @@ Notes:
 """
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Replace the "## Consensus" section of ``path`` (or append it, or create the file)."""
-    if path.exists():
-        text = path.read_text()
-        found = re.search(r"^## Consensus\b.*?(?=^## |\Z)", text, flags=re.M | re.S)
-        text = text[: found.start()] + section + text[found.end() :] if found else text.rstrip() + "\n\n" + section
-    else:
-        text = "# Benchmarks\n\n" + section
-    path.write_text(text)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per method on the sample grid (best kept)")
@@ -435,11 +425,11 @@ def main(argv=None) -> None:
     total = time.perf_counter() - started
     quick = " --quick" if args.quick else ""
     out.append(
-        f"Whole run: {total / 60:.1f} min. Reproduce: `make bench` (`.venv/bin/python bench/consensus.py{quick}`)."
+        f"Whole run: {total / 60:.1f} min. Reproduce: `make bench` (`.venv/bin/python -m bench.consensus{quick}`)."
     )
     out.append(NOTES.format(structures=", ".join(STRUCTURES), budget=args.segmetrics_budget,
                             slab_above=SLAB_ABOVE, slab=SLAB, long=LONG_RUN_S))  # fmt: skip
-    write_doc(args.doc, "\n\n".join(out).rstrip() + "\n")
+    replace_section(args.doc, "\n\n".join(out).rstrip() + "\n")
     print(f"wrote {args.doc} ({total:.0f} s)")
 
 

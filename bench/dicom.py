@@ -14,7 +14,7 @@ De-identification: files per second over the real series (20 JPEG 2000 files) an
 Median of N runs each (``--repeats``, default 5; a writer whose first run takes over 60 s runs once). Prints a
 table and writes the "DICOM" section of docs/benchmarks.md (other sections are kept).
 
-Run: ``.venv/bin/python bench/dicom.py [--repeats 5] [--doc docs/benchmarks.md]`` (needs the ``bench`` extra).
+Run: ``.venv/bin/python -m bench.dicom [--repeats 5] [--doc docs/benchmarks.md]`` (needs the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from bench.benchdoc import replace_section
 from MedAnnotAssistLib.core.dicom.series import read_series
 from MedAnnotAssistLib.core.labelio import Geometry, ReaderLabels, reoriented
 from MedAnnotAssistLib.core.protocol import Protocol
@@ -404,14 +404,6 @@ def report(seg_rows: list, deid_rows: list, datasets: list, repeats: int) -> str
     return "\n\n".join(out) + "\n"
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Replace the "## DICOM" section of ``path`` (or append it)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    found = re.search(rf"^{SECTION}\b.*?(?=^## |\Z)", text, flags=re.M | re.S)
-    text = text[: found.start()] + section + "\n" + text[found.end() :] if found else text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -440,7 +432,7 @@ def main(argv=None) -> None:
             deid_rows += [(name, "ours", ours, ours), (name, "dicognito", theirs, ours)]
     section = report(seg_rows, deid_rows, datasets, args.repeats)
     print(section)
-    write_doc(args.doc, section)
+    replace_section(args.doc, section)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"seg": [r[:3] for r in seg_rows], "deid": [r[:3] for r in deid_rows]}, indent=2,
                                     default=str))  # fmt: skip

@@ -7,7 +7,7 @@ memory), peak memory = peak RSS (VmHWM) after the runs minus the RSS after loadi
 512 x 512 x 300. Prints a table and writes the "Pre-segmentation (CT engine)" section of docs/benchmarks.md
 (other sections are kept; the file is re-read right before writing).
 
-Run: ``.venv/bin/python bench/presegment.py [--repeats 3] [--doc docs/benchmarks.md]``.
+Run: ``.venv/bin/python -m bench.presegment [--repeats 3] [--doc docs/benchmarks.md]``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import datetime
 import multiprocessing as mp
 import os
 import platform
-import re
 import resource
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import SimpleITK as sitk
+
+from bench.benchdoc import replace_section
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MEDANNOT_SHARED_DATA", REPO.parent / "shared" / "data" / "totalseg-example"))
@@ -126,15 +127,6 @@ def table(rows: list[tuple[str, str, dict]], repeats: int) -> str:
     return "\n".join(out)
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Replace the pre-segmentation section of ``path`` (or append it, or create the file); re-read first."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    found = re.search(rf"^{re.escape(SECTION)}.*?(?=^## |\Z)", text, flags=re.M | re.S)
-    text = text[: found.start()] + section + text[found.end() :] if found else text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per dataset (best kept)")
@@ -174,7 +166,7 @@ def main(argv=None) -> None:
         ]
     )
     print("\n" + lines)
-    write_doc(args.doc, section + "\n")
+    replace_section(args.doc, section + "\n")
     print(f"\nwrote the section to {args.doc}")
 
 

@@ -23,7 +23,7 @@ boundaries, as CPU seconds per 1,000 claims (each with its release) or submissio
 backends are reported apart. On a small machine the load generator competes with the server for the CPUs;
 CPU per 1,000 operations does not depend on that.
 
-Run: ``.venv/bin/python bench/queue.py`` (about 10 minutes; ``--quick`` for one window per cell).
+Run: ``.venv/bin/python -m bench.queue`` (about 10 minutes; ``--quick`` for one window per cell).
 Writes ``var/bench/queue.json`` and the "Task queue" section of docs/benchmarks.md (other sections kept).
 """
 
@@ -36,25 +36,22 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+import psutil
+
+from bench.benchdoc import replace_section
+from Testing.server.harness import Api, ServerProcess, create_site_admin
+from Testing.server.postgres import PostgresCluster
+
 REPO = Path(__file__).resolve().parent.parent
-# this file is named like the standard library's ``queue``, which multiprocessing imports: not from here
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"] + [str(REPO)]
-
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-
-from Testing.server.harness import Api, ServerProcess, create_site_admin  # noqa: E402
-from Testing.server.postgres import PostgresCluster  # noqa: E402
 
 SECTION = "## Task queue"
 SEG_SIZE = (128, 128, 64)  # i, j, k: 1 MiB of uint8
@@ -431,14 +428,6 @@ def goal_lines(results: dict) -> list[str]:
     return out
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Replace the "## Task queue" section of ``path`` (or append it)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    found = re.search(rf"^{SECTION}\b.*?(?=^## |\Z)", text, flags=re.M | re.S)
-    text = text[: found.start()] + section + "\n" + text[found.end() :] if found else text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 def _add_baseline(results: dict, args) -> None:
     if args.baseline:
         results["baseline"] = json.loads(args.baseline.read_text())
@@ -481,7 +470,7 @@ def main(argv=None) -> None:
     if args.from_json:
         saved = json.loads(args.json.read_text())
         _add_baseline(saved, args)
-        write_doc(args.doc, report(saved, saved["meta"], argparse.Namespace(**saved["meta"]["args"])))
+        replace_section(args.doc, report(saved, saved["meta"], argparse.Namespace(**saved["meta"]["args"])))
         return
     started = time.perf_counter()
     results: dict = {"claims": {}, "submits": {}}
@@ -542,7 +531,7 @@ def main(argv=None) -> None:
     args.json.write_text(json.dumps({"meta": meta, **{k: v for k, v in results.items() if k != "baseline"}},
                                     indent=2, default=str))  # fmt: skip
     if not args.no_doc:
-        write_doc(args.doc, section)
+        replace_section(args.doc, section)
 
 
 if __name__ == "__main__":
