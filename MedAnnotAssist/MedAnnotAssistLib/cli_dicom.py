@@ -8,13 +8,6 @@ from pathlib import Path
 EXIT_FLAGGED = 3
 
 
-def _progress(label: str):
-    """A text progress bar taking ``progress(fraction, message)``, the core's convention."""
-    from .cli_presegment import ProgressBar
-
-    return ProgressBar(label)
-
-
 def cmd_dicom_import(args) -> int:
     import SimpleITK as sitk
 
@@ -56,7 +49,9 @@ def cmd_deid(args) -> int:
         clean_descriptors=args.clean_descriptors,
         retain_patient_characteristics=args.retain_patient_characteristics,
     )
-    progress = None if args.quiet or args.json else _progress("de-identifying")
+    from .cli_presegment import ProgressBar
+
+    progress = None if args.quiet or args.json else ProgressBar("de-identifying")
     summary = deidentify_folder(args.input, args.output, deidentifier, progress=progress)
     print(summary.to_json() if args.json else summary.to_text())
     return EXIT_FLAGGED if summary.flagged else 0
