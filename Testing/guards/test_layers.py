@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from Testing.conftest import MODULE_DIR
+from Testing.conftest import MODULE_DIR, REPO
 
 LIB = MODULE_DIR / "MedAnnotAssistLib"
 SLICER_ONLY_IN_APP = (
@@ -33,9 +33,9 @@ def _layer(relative: Path) -> str:
     return relative.parts[0] if len(relative.parts) > 1 else relative.stem
 
 
-def _imports(tree: ast.AST, relative: Path):
+def _imports(tree: ast.AST, relative: Path, root: str = "MedAnnotAssistLib"):
     """(absolute module name, line) for each import, relative imports resolved inside the package."""
-    package = ("MedAnnotAssistLib", *relative.parent.parts)
+    package = (root, *relative.parent.parts)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -120,3 +120,74 @@ def test_module_files_stay_readable():
     assert len(module.read_text().splitlines()) < 500
     too_long = {p.name: n for p in _sources() if (n := len(p.read_text().splitlines())) >= 600}
     assert not too_long
+
+
+def _module_name(path: Path, root: Path, package: str) -> str:
+    parts = (package, *path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(sources: dict[str, tuple[str, Path]], root: str = "MedAnnotAssistLib") -> dict[str, set[str]]:
+    """Module -> the modules of the same packages it imports (at any depth: function-level imports too)."""
+    known = set(sources)
+    graph = {}
+    for module, (source, relative) in sources.items():
+        edges = set()
+        for name, _line in _imports(ast.parse(source), relative, root):
+            parts = (name or "").split(".")
+            target = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in known), None)
+            if target and target != module:
+                edges.add(target)
+        graph[module] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+@pytest.mark.parametrize(
+    "root, package", [(LIB, "MedAnnotAssistLib"), (REPO / "Server" / "medannotassist_server", "medannotassist_server")]
+)
+def test_no_import_circles(root, package):
+    """No two modules import each other, directly or through others (function-level imports included)."""
+    paths = sorted(root.rglob("*.py"))
+    sources = {_module_name(p, root, package): (p.read_text(), p.relative_to(root)) for p in paths}
+    assert len(sources) > 10
+    assert not _cycles(_import_graph(sources, package))
+
+
+def test_the_circle_checker_catches_a_circle():
+    sources = {
+        "MedAnnotAssistLib.cli": ("from .cli_dicom import add\n", Path("cli.py")),
+        "MedAnnotAssistLib.cli_dicom": ("def f():\n    from .cli import _resolve\n", Path("cli_dicom.py")),
+        "MedAnnotAssistLib.core.protocol": ("import json\n", Path("core/protocol.py")),
+    }
+    assert _cycles(_import_graph(sources)) == [["MedAnnotAssistLib.cli", "MedAnnotAssistLib.cli_dicom"]]

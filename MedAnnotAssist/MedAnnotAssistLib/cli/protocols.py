@@ -1,27 +1,13 @@
-"""``medannot``: the command line of MedAnnotAssist.
-
-Exit codes: 0 success, 1 a failure while working, 2 invalid input (bad protocol, bad arguments).
-"""
+"""`medannot protocol`, `sample-data`, `prepare`, `check` and `demo`: protocols and prepared cases."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from .core.protocol import ProtocolError, bundled_protocol, bundled_protocols, load_protocol
-
-EXIT_INVALID = 2
-DEFAULT_DATA_DIR = Path("var")
-
-
-def _resolve_protocol(value: str):
-    """A protocol file path, or the id of a bundled protocol."""
-    path = Path(value)
-    if path.suffix == ".json" or path.exists():
-        return load_protocol(path)
-    return bundled_protocol(value)
+from ..core.protocol import ProtocolError, bundled_protocols, load_protocol
+from .common import DEFAULT_DATA_DIR, EXIT_INVALID, label_names, print_check, resolve_protocol
 
 
 def cmd_protocol_validate(args) -> int:
@@ -61,7 +47,7 @@ def cmd_protocol_list(args) -> int:
 
 
 def cmd_sample_data(args) -> int:
-    from .core.sample_data import SampleDataError, fetch_sample_data
+    from ..core.sample_data import SampleDataError, fetch_sample_data
 
     try:
         paths = fetch_sample_data(args.dest, log=lambda message: print(message, file=sys.stderr))
@@ -73,52 +59,38 @@ def cmd_sample_data(args) -> int:
     return 0
 
 
-def _label_names(args):
-    from .core.sample_data import load_label_names
-
-    return load_label_names(args.labels_json) if args.labels_json else None
-
-
-def _print_check(check) -> None:
-    for s in check.structures:
-        mark = "*" if s.required else " "
-        problems = "; ".join(r.message for r in s.problems)
-        print(f"  {mark} {s.name:<28} {s.state:<9} {s.volume_ml:9.1f} ml  {problems}")
-    print(check.summary())
-
-
 def cmd_prepare(args) -> int:
-    from .mrml.prepared_case import prepareCase
-    from .mrml.scene import SceneContext
+    from ..mrml.prepared_case import prepareCase
+    from ..mrml.scene import SceneContext
 
-    protocol = _resolve_protocol(args.protocol)
+    protocol = resolve_protocol(args.protocol)
     case = prepareCase(
-        SceneContext.headless(), args.image, protocol, args.out, args.labels, _label_names(args), args.name
+        SceneContext.headless(), args.image, protocol, args.out, args.labels, label_names(args), args.name
     )
     print(case.applied.summary())
-    _print_check(case.check)
+    print_check(case.check)
     print(f"wrote {case.volumePath}\nwrote {case.segmentationPath}\nwrote {case.checkPath}")
     print(case.slicerInstructions())
     return 0
 
 
 def cmd_check(args) -> int:
-    from .mrml.protocol_segments import checkSegmentation
-    from .mrml.scene import SceneContext
-    from .mrml.segmentation import loadSegmentation
+    from ..mrml.protocol_segments import checkSegmentation
+    from ..mrml.scene import SceneContext
+    from ..mrml.segmentation import loadSegmentation
 
-    protocol = _resolve_protocol(args.protocol)
+    protocol = resolve_protocol(args.protocol)
     segmentation = loadSegmentation(SceneContext.headless(), args.segmentation)
     check = checkSegmentation(segmentation, protocol, updateStatus=False)
     if args.json:
         print(json.dumps(check.to_json(), indent=1))
     else:
-        _print_check(check)
+        print_check(check)
     return 0 if check.ready else 3
 
 
 def cmd_demo(args) -> int:
-    from .core.sample_data import SampleDataError, fetch_sample_data
+    from ..core.sample_data import SampleDataError, fetch_sample_data
 
     data_dir = Path(args.data_dir)
     try:
@@ -138,37 +110,8 @@ def cmd_demo(args) -> int:
     return status or cmd_prepare(args)
 
 
-def cmd_consensus(args) -> int:
-    from .core.consensus import ADJUDICATE
-    from .core.consensus_files import run_consensus
-
-    protocol = _resolve_protocol(args.protocol)
-    names = [n.strip() for n in args.readers_names.split(",")] if args.readers_names else None
-    result, written = run_consensus(
-        args.readers,
-        protocol,
-        args.out,
-        _label_names(args),
-        names,
-        args.image,
-        fusion_method=args.fusion,
-        convention=args.convention,
-        empty=args.empty,
-        default_tolerance_mm=args.tolerance_mm,
-    )
-    print(f"{protocol.label}: {len(result.readers)} readers, fusion {result.fusion}, {result.seconds:.2f} s")
-    for item in result.structures:
-        mark = "!" if item.verdict == ADJUDICATE else " "
-        print(f"  {mark} {item.structure.name:<28} {item.verdict:<19} {item.reason}")
-    for path in written.values():
-        print(f"wrote {path}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medannot", description="MedAnnotAssist: protocol-driven annotation")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(commands) -> None:
+    """Register the protocol and case commands on the ``medannot`` sub-parsers."""
     protocol = commands.add_parser("protocol", help="validate and list annotation protocols")
     protocol_commands = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
     validate = protocol_commands.add_parser("validate", help="check protocol files; one line per problem")
@@ -198,50 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_check)
 
-    consensus = commands.add_parser("consensus", help="agreement, STAPLE consensus and a report from N readers")
-    consensus.add_argument("readers", nargs="+", type=Path, metavar="READER", help=".seg.nrrd files or labelmaps")
-    consensus.add_argument("--protocol", required=True, help="bundled protocol id or protocol file")
-    consensus.add_argument("--out", required=True, type=Path, help="output folder")
-    consensus.add_argument("--labels-json", type=Path, help="JSON mapping label values to structure names")
-    consensus.add_argument("--readers-names", help="comma-separated reader names, in the order of the files")
-    consensus.add_argument("--image", type=Path, help="the case image, drawn under the report's pictures")
-    consensus.add_argument("--fusion", default="staple", choices=["staple", "majority", "multilabel-staple"])
-    consensus.add_argument("--convention", default="surfels", choices=["surfels", "voxels"], help="see docs")
-    consensus.add_argument("--empty", default="defined", choices=["defined", "deepmind"], help="empty-mask values")
-    consensus.add_argument(
-        "--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance when the protocol sets none"
-    )
-    consensus.set_defaults(func=cmd_consensus)
-
-    from . import cli_dicom, cli_presegment, cli_server
-
-    cli_presegment.add_commands(commands)
-    cli_dicom.add_commands(commands)
-    cli_server.add_commands(commands)
-
     demo = commands.add_parser("demo", help="fetch the sample CT and prepare it with a bundled protocol")
     demo.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path)
     demo.add_argument("--protocol", default="abdominal-organs")
     demo.set_defaults(func=cmd_demo)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ProtocolError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_INVALID
-    except (KeyError, ValueError, OSError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_INVALID if isinstance(error, (KeyError, ValueError)) else 1
-    except RuntimeError as error:  # an engine that is not installed or a server that does not answer
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

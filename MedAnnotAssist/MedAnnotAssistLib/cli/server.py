@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-EXIT_INVALID = 2
+from .common import EXIT_INVALID
 
 
 def _database_options(parser) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .common import ProgressBar, label_names, resolve_protocol
+
 EXIT_FLAGGED = 3
 
 
 def cmd_dicom_import(args) -> int:
     import SimpleITK as sitk
 
-    from .core.dicom.series import read_series
+    from ..core.dicom.series import read_series
 
     series = read_series(args.series, series_uid=args.series_uid)
     image = series.image
@@ -34,7 +36,7 @@ def default_key_file() -> Path:
 
 
 def cmd_deid(args) -> int:
-    from .core.dicom.deid import Deidentifier, deidentify_folder, read_or_create_project_key
+    from ..core.dicom.deid import Deidentifier, deidentify_folder, read_or_create_project_key
 
     if args.project_key is not None:
         key = args.project_key
@@ -49,8 +51,6 @@ def cmd_deid(args) -> int:
         clean_descriptors=args.clean_descriptors,
         retain_patient_characteristics=args.retain_patient_characteristics,
     )
-    from .cli_presegment import ProgressBar
-
     progress = None if args.quiet or args.json else ProgressBar("de-identifying")
     summary = deidentify_folder(args.input, args.output, deidentifier, progress=progress)
     print(summary.to_json() if args.json else summary.to_text())
@@ -58,14 +58,13 @@ def cmd_deid(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .cli import _label_names, _resolve_protocol
-    from .core.dicom.rtstruct import export_rtstruct
-    from .core.dicom.seg import export_seg, labels_for_series
-    from .core.dicom.series import read_series
+    from ..core.dicom.rtstruct import export_rtstruct
+    from ..core.dicom.seg import export_seg, labels_for_series
+    from ..core.dicom.series import read_series
 
-    protocol = _resolve_protocol(args.protocol)
+    protocol = resolve_protocol(args.protocol)
     series = read_series(args.dicom, series_uid=args.series_uid)
-    labels, tags = labels_for_series(args.labels, series, protocol, _label_names(args))
+    labels, tags = labels_for_series(args.labels, series, protocol, label_names(args))
     if args.kind == "seg":
         report = export_seg(series, labels, protocol, args.out, segment_tags=tags, labelmap=args.labelmap)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-EXIT_INVALID = 2
+from .common import EXIT_INVALID, ProgressBar, resolve_protocol
 
 
 def _engine_options(args) -> dict:
@@ -20,32 +20,15 @@ def _engine_options(args) -> dict:
 
 
 def _protocol(args):
-    from .cli import _resolve_protocol
-
-    return _resolve_protocol(args.protocol) if args.protocol else None
+    return resolve_protocol(args.protocol) if args.protocol else None
 
 
 def _structures(args) -> list[str] | None:
     return [s.strip() for s in args.structures.split(",") if s.strip()] if args.structures else None
 
 
-class ProgressBar:
-    """A one-line text progress bar on stderr."""
-
-    def __init__(self, label: str, stream=sys.stderr, width: int = 30):
-        self.label, self.stream, self.width = label, stream, width
-
-    def __call__(self, fraction: float, message: str = "") -> None:
-        filled = int(round(fraction * self.width))
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}% {message[:40]:<40}")
-        if fraction >= 1.0:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def cmd_engines(args) -> int:
-    from .core.engines import list_engines
+    from ..core.engines import list_engines
 
     for row in list_engines():
         print(f"{row['name']:<18} {'usable' if row['usable'] else 'not usable':<11} {row['detail']}")
@@ -53,7 +36,7 @@ def cmd_engines(args) -> int:
 
 
 def cmd_presegment(args) -> int:
-    from .core.presegment_files import presegment
+    from ..core.presegment_files import presegment
 
     summary = presegment(
         args.image, args.engine, args.out, _protocol(args), _structures(args), _engine_options(args),
@@ -70,8 +53,8 @@ def cmd_presegment(args) -> int:
 
 
 def cmd_presegment_batch(args) -> int:
-    from .core.jobs import run_batch_on_dask
-    from .core.presegment_files import batch_inputs, case_name, presegment
+    from ..core.jobs import run_batch_on_dask
+    from ..core.presegment_files import batch_inputs, case_name, presegment
 
     inputs = batch_inputs(args.input_dir)
     if not inputs:

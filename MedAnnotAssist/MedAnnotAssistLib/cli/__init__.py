@@ -1,0 +1,44 @@
+"""``medannot``: the command line of MedAnnotAssist, one module per command group.
+
+Exit codes: 0 success, 1 a failure while working, 2 invalid input (bad protocol, bad arguments),
+3 done but with cases or files that need attention (a check not ready, flagged DICOM, failed batch cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..core.protocol import ProtocolError
+from .common import EXIT_INVALID
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import consensus, dicom, presegment, protocols, server
+
+    parser = argparse.ArgumentParser(prog="medannot", description="MedAnnotAssist: protocol-driven annotation")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (protocols, consensus, presegment, dicom, server):
+        group.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ProtocolError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except (KeyError, ValueError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_INVALID if isinstance(error, (KeyError, ValueError)) else 1
+    except RuntimeError as error:  # an engine that is not installed or a server that does not answer
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
