@@ -17,7 +17,8 @@ def cmd_dicom_import(args) -> int:
 
     from ..core.dicom.series import read_series
 
-    series = read_series(args.series, series_uid=args.series_uid)
+    progress = None if args.quiet else ProgressBar("dicom-import")
+    series = read_series(args.series, series_uid=args.series_uid, progress=progress)
     image = series.image
     sitk.WriteImage(image, str(args.out), useCompression=True)
     size = " x ".join(map(str, image.GetSize()))
@@ -86,7 +87,7 @@ def cmd_export(args) -> int:
 
     protocol = resolve_protocol(args.protocol)
     series = read_series(args.dicom, series_uid=args.series_uid)
-    labels, tags = labels_for_series(args.labels, series, protocol, label_names(args))
+    labels, tags = labels_for_series(args.labels, series, protocol, label_names(args, protocol))
     if args.kind == "seg":
         report = export_seg(series, labels, protocol, args.out, segment_tags=tags, labelmap=args.labelmap)
     else:
@@ -114,6 +115,7 @@ def add_commands(commands) -> None:
     dicom_import.add_argument("series", type=Path, help="folder or zip archive of DICOM files")
     dicom_import.add_argument("out", type=Path, help="image file to write (.nrrd, .nii.gz)")
     dicom_import.add_argument("--series-uid", help="the series to take when the folder holds several")
+    dicom_import.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     dicom_import.set_defaults(func=cmd_dicom_import)
 
     deid = commands.add_parser(

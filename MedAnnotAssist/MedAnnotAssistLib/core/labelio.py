@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .protocol import Protocol, Structure
+from .structure_names import match_name
 
 STRUCTURE_TAG = "MedAnnotAssist.StructureId"
 
@@ -107,7 +108,7 @@ class ReaderLabels:
 
 def match_structure(protocol: Protocol, name: str, structure_id: str | None = None) -> Structure | None:
     """The protocol structure a segment stands for: by its StructureId tag, else by id, name or TG-263
-    name ignoring case."""
+    name ignoring case, else through the maintained name map (``portal_vein_and_splenic_vein``, ``Left Kidney``)."""
     if structure_id:
         for structure in protocol.structures:
             if structure.id == structure_id:
@@ -116,7 +117,7 @@ def match_structure(protocol: Protocol, name: str, structure_id: str | None = No
     for structure in protocol.structures:
         if wanted in {structure.id.casefold(), structure.name.casefold(), (structure.tg263 or "").casefold()}:
             return structure
-    return None
+    return match_name(protocol, name)[0]
 
 
 def read_reader(
