@@ -161,6 +161,8 @@ class Submission(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     metadata_json: Mapped[str] = mapped_column(Text)
+    # the blocking rules it fails, each with the reader's reason to keep it (protocol_rules)
+    overrides_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     request_sha256: Mapped[str] = mapped_column(String(64))
     response_json: Mapped[str] = mapped_column(Text)
@@ -194,6 +196,8 @@ class Review(Base):
     structures_json: Mapped[str] = mapped_column(Text)
     returns_json: Mapped[str] = mapped_column(Text)
     final_sha256: Mapped[str | None] = mapped_column(String(64))
+    # the blocking rules the approved final fails, each with the reviewer's reason to keep it
+    overrides_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

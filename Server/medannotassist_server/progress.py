@@ -9,7 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from .models import LEASED, Case, ConsensusResult, Submission, Task, User, utcnow
+from . import protocol_rules
+from .models import LEASED, Case, ConsensusResult, Review, Submission, Task, User, utcnow
 
 
 def progress(session, project_id: int) -> dict:
@@ -35,14 +36,15 @@ def progress(session, project_id: int) -> dict:
     readers: dict[str, dict] = {}
     day_ago = now - timedelta(days=1)
     submissions = session.execute(
-        select(User.name, Submission.created_at, Submission.metadata_json)
+        select(User.name, Submission.created_at, Submission.metadata_json, Submission.overrides_json)
         .join(User, User.id == Submission.reader_id)
         .where(Submission.project_id == project_id)
     ).all()
     times: dict[str, list[float]] = defaultdict(list)
-    for name, created, metadata in submissions:
-        entry = readers.setdefault(name, {"reader": name, "submissions": 0, "last_24h": 0})
+    for name, created, metadata, overrides in submissions:
+        entry = readers.setdefault(name, {"reader": name, "submissions": 0, "last_24h": 0, "overrides": 0})
         entry["submissions"] += 1
+        entry["overrides"] += len(json.loads(overrides))
         entry["last_24h"] += created >= day_ago
         spent = json.loads(metadata).get("time_spent_s")
         if isinstance(spent, (int, float)):
@@ -71,5 +73,14 @@ def progress(session, project_id: int) -> dict:
         "cases": {"total": sum(cases.values()), **cases},
         "tasks": dict(tasks),
         "readers": sorted(readers.values(), key=lambda r: r["reader"]),
+        "overrides": _overrides(session, project_id, [row[3] for row in submissions]),
         "at": now.isoformat() + "Z",
     }
+
+
+def _overrides(session, project_id: int, submitted: list[str]) -> dict:
+    """Blocking rules kept with a reason: by readers in their submissions, by reviewers in approved finals."""
+    reviewed = session.execute(
+        select(Review.overrides_json).join(Case, Case.id == Review.case_id).where(Case.project_id == project_id)
+    ).scalars()
+    return {"submissions": protocol_rules.count(submitted), "reviews": protocol_rules.count(reviewed)}

@@ -18,7 +18,7 @@ from fastapi import UploadFile
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import audit, consensus_step
+from . import audit, consensus_step, protocol_rules
 from .auth import Caller
 from .claims import explain_refusal, lease_task
 from .errors import ApiError
@@ -107,13 +107,26 @@ def submit(
         if earlier is not None:
             return 201, _stored_response(earlier, request_sha256)
         image_geometry = geometry_from_json(image.geometry_json) if image else None  # DICOMweb: checked on retrieval
-        check_segmentation(temporary, filename, protocol, image_geometry, settings.max_voxels, caller.name)
+        labels = check_segmentation(temporary, filename, protocol, image_geometry, settings.max_voxels, caller.name)
+        overrides = protocol_rules.check_submission(protocol, labels, metadata, filename)
+        del labels  # as large as the image: not kept while the submission is recorded
         blobs.adopt(temporary, sha256, ".seg.nrrd")
     finally:
         temporary.unlink(missing_ok=True)
     try:
         status, body, complete = _record(
-            services, caller, project, task, case, lease_id, idempotency_key, sha256, size, metadata, request_sha256
+            services,
+            caller,
+            project,
+            task,
+            case,
+            lease_id,
+            idempotency_key,
+            sha256,
+            size,
+            metadata,
+            request_sha256,
+            overrides,
         )
     except IntegrityError:
         # a concurrent retry with the same key won the race: answer as it was answered
@@ -131,7 +144,7 @@ def submit(
     return status, body
 
 
-def _record(services, caller, project, task, case, lease_id, key, sha256, size, metadata, request_sha256):
+def _record(services, caller, project, task, case, lease_id, key, sha256, size, metadata, request_sha256, overrides):
     project_id = project.id
     with services.database.writing() as session:
         if key:
@@ -168,6 +181,7 @@ def _record(services, caller, project, task, case, lease_id, key, sha256, size, 
                 sha256=sha256,
                 size_bytes=size,
                 metadata_json=audit.canonical(metadata),
+                overrides_json=json.dumps(overrides),
                 idempotency_key=key,
                 request_sha256=request_sha256,
                 response_json="{}",
@@ -195,6 +209,7 @@ def _record(services, caller, project, task, case, lease_id, key, sha256, size, 
             "size_bytes": size,
             "created_at": now.isoformat() + "Z",
             "case_complete": open_tasks == 0,
+            "overrides": overrides,
         }
         session.execute(update(Submission).where(Submission.id == submission_id).values(response_json=json.dumps(body)))
         audit.record(
@@ -204,7 +219,8 @@ def _record(services, caller, project, task, case, lease_id, key, sha256, size, 
             "task",
             task.id,
             {"state": LEASED},
-            {"state": SUBMITTED, "submission_id": submission_id, "sha256": sha256, "version": version},
+            {"state": SUBMITTED, "submission_id": submission_id, "sha256": sha256, "version": version}
+            | ({"overrides": overrides} if overrides else {}),
             project_id,
         )
         return 201, body, needs_consensus
@@ -221,5 +237,6 @@ def submission_view(row: Submission, reader: str) -> dict:
         "sha256": row.sha256,
         "size_bytes": row.size_bytes,
         "metadata": json.loads(row.metadata_json),
+        "overrides": json.loads(row.overrides_json),
         "created_at": row.created_at.isoformat() + "Z",
     }

@@ -244,7 +244,8 @@ def _consensus(services, access: ProjectAccess, project_id: int, case_id: int) -
 def get_consensus(project_id: ProjectId, case_id: CaseId, access: Access, services: Svc) -> dict:
     case, consensus = _consensus(services, access, project_id, case_id)
     with services.database.reading() as session:
-        readers = [name for _row, name in latest_submissions(session, case_id)]
+        latest = latest_submissions(session, case_id)
+    readers = [name for _row, name in latest]
     return {
         "case_id": case_id,
         "round": consensus.round,
@@ -252,6 +253,7 @@ def get_consensus(project_id: ProjectId, case_id: CaseId, access: Access, servic
         "submission_ids": json.loads(consensus.submission_ids_json),
         "consensus_sha256": consensus.consensus_sha256,
         "agreement": json.loads(consensus.agreement_json),
+        "overrides": {name: json.loads(row.overrides_json) for row, name in latest},  # each reader's, by reader
     }
 
 
