@@ -380,7 +380,6 @@ def dataset_line(meta: dict) -> str:
 
 
 NOTES = """\
-Notes:
 - Readers 1-2: TotalSegmentator's full and fast models of `example_ct_sm`; 3-5: reader 1 eroded by one voxel,
   dilated by one voxel, shifted one voxel along j with its middle slice missed. Structures: {structures}.
   Surface Dice at 2 mm, HD95 at 95 %. Every method starts from the uint8 labelmaps, in its own spawned process.
@@ -398,13 +397,14 @@ Notes:
 """
 
 
-def only_note(args) -> str:
+def only_note(args, load_before: float) -> str:
     git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"Re-measured alone on {datetime.date.today():%Y-%m-%d} (`.venv/bin/python -m bench.consensus --only "
         f"{args.only}`), our code at `{git.stdout.strip() or 'unknown'}`. The machine's {os.cpu_count()} cores "
-        f"were shared with other work (load average {load} at the start), so the seconds are noisy.\n\n"
+        f"were shared with other work (1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+        "after), so the seconds are noisy: where a method's CPU seconds fall short of its seconds, it waited for "
+        "a core.\n\n"
     )
 
 
@@ -421,7 +421,6 @@ def main(argv=None) -> None:
         sys.exit(f"no sample data in {DATA} (set MEDANNOT_SHARED_DATA)")
     started, context = time.perf_counter(), mp.get_context("spawn")
     tasks = {args.only: TASKS[args.only]} if args.only else TASKS
-    alone = only_note(args) if args.only else ""
     out = [f"## Consensus\n\nMeasured on {datetime.date.today():%Y-%m-%d} by `bench/consensus.py`.", machine()]
     with tempfile.TemporaryDirectory(prefix="medannot-bench-") as tmp:
         datasets = prepare(Path(tmp), args.quick)
@@ -429,7 +428,7 @@ def main(argv=None) -> None:
         for index, meta in enumerate(datasets):
             repeats = args.repeats if index == 0 else args.big_repeats
             for task, methods in tasks.items():
-                results = {}
+                results, load_before = {}, os.getloadavg()[0]
                 for method in methods:  # each in a fresh process, one at a time
                     print(f"[{time.perf_counter() - started:7.1f} s] {meta['name']}: {method}", flush=True)
                     receive, send = context.Pipe(duplex=False)
@@ -439,6 +438,7 @@ def main(argv=None) -> None:
                     results[method] = receive.recv()
                     process.join()
                 title = "Pairwise metrics" if task == "metrics" else "STAPLE"
+                alone = only_note(args, load_before) if args.only else ""
                 out.append(f"### {title}, {meta['name']}\n\n{alone}{table(task, results, repeats)}")
                 print(f"\n{out[-1]}\n", flush=True)
                 if args.only:
@@ -449,7 +449,8 @@ def main(argv=None) -> None:
     total = time.perf_counter() - started
     quick = " --quick" if args.quick else ""
     out.append(
-        f"Whole run: {total / 60:.1f} min. Reproduce: `make bench` (`.venv/bin/python -m bench.consensus{quick}`)."
+        f"### Run and notes\n\nWhole run: {total / 60:.1f} min. Reproduce: `make bench` "
+        f"(`.venv/bin/python -m bench.consensus{quick}`)."
     )
     out.append(NOTES.format(structures=", ".join(STRUCTURES), budget=args.segmetrics_budget,
                             slab_above=SLAB_ABOVE, slab=SLAB, long=LONG_RUN_S))  # fmt: skip
