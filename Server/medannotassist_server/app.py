@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from . import __version__, errors
 from .blobs import BlobStore
 from .db import Database, migrate
+from .jsonlimits import JsonBodyLimits
 from .routes import cases, projects, system, tasks
 from .services import Services
 from .settings import Settings
@@ -28,6 +29,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app = FastAPI(title="MedAnnotAssist task queue", version=__version__, description=DESCRIPTION)
     app.state.services = Services(settings, database, blobs)
     errors.install(app)
+    app.add_middleware(JsonBodyLimits)  # inside the upload limit: that one counts the bytes first
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)
     # routes are tried in order: the tasks router (claim, heartbeat, release: the busiest paths) first; no
     # path of it matches a route of the others, so the order changes nothing else

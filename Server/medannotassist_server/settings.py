@@ -32,6 +32,8 @@ class Settings:
     max_lease_seconds: float = field(default_factory=lambda: _env("max_lease_seconds", 3600.0, float))
     # images and segmentations larger than this are refused from their header, before any allocation
     max_voxels: int = field(default_factory=lambda: _env("max_voxels", 1024 * 1024 * 1024, int))
+    # and larger than this once decompressed (voxels x components x bytes per voxel): a gzip bomb stays small
+    max_image_bytes: int = field(default_factory=lambda: _env("max_image_bytes", 1024 * MB, int))
     max_bulk_cases: int = field(default_factory=lambda: _env("max_bulk_cases", 5000, int))
     log_level: str = field(default_factory=lambda: _env("log_level", "info"))
     # uvicorn worker processes of this server (one listening socket; each process its own engine and pool)

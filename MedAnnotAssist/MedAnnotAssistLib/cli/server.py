@@ -23,6 +23,8 @@ def _settings(args):
 
     if getattr(args, "max_upload_mb", None) is not None:
         args.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
+    if getattr(args, "max_image_mb", None) is not None:
+        args.max_image_bytes = int(args.max_image_mb * 1024 * 1024)
     return Settings.from_args(args)
 
 
@@ -92,6 +94,9 @@ def add_commands(commands) -> None:
     serve.add_argument("--lease-seconds", type=float, help="default lease length of a claim (default 300)")
     serve.add_argument("--max-upload-mb", type=float, help="largest request body in MiB (default 512)")
     serve.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
+    serve.add_argument(
+        "--max-image-mb", type=float, help="largest image or segmentation once decompressed, in MiB (default 1024)"
+    )
     serve.add_argument(
         "--workers", type=int, help="worker processes sharing the port (default 1; about one per CPU core)"
     )
