@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from medannotassist_server.errors import ApiError
 from medannotassist_server.jsonlimits import MAX_JSON_DEPTH, lone_surrogate_path, too_deep
 
 from .harness import tiny_geometry, tiny_segmentation, unique
@@ -210,3 +211,31 @@ def test_refused_uploads_leave_no_temporary_file(limits_queue, study, tmp_path):
     _refused(queue, _upload_series(admin, project, b"not a zip", unique("z")), 415, "unsupported_file_type")
     _refused(queue, _upload_series(admin, project, _zip({"a.txt": b"x" * 500}), unique("z")), 422, "no_dicom")
     assert _temporary_files(queue) == []
+
+
+def test_members_are_counted_in_zip64_archives_too(tmp_path):
+    from medannotassist_server.dicom_ingest import count_members
+
+    path = tmp_path / "many.zip"
+    path.write_bytes(_zip({f"m{index}": b"" for index in range(70_000)}))  # past 65,535: a ZIP64 end record
+    assert count_members(path, 100_000) == 70_000
+    with pytest.raises(ApiError) as refused:
+        count_members(path, 20_000)
+    assert refused.value.status == 413 and "70000 files" in refused.value.message
+
+
+def test_stale_work_folders_are_cleaned_on_start(tmp_path):
+    import os
+
+    from medannotassist_server.blobs import BlobStore
+
+    store = BlobStore(tmp_path / "blobs")
+    stale = [store.temporary(".seg.nrrd"), store.tmp / "dicom-abc", store.tmp / "final-xyz"]
+    for folder in stale[1:]:
+        (folder / "received").mkdir(parents=True)
+        (folder / "received" / "00000.dcm").write_bytes(b"x")
+    fresh = store.temporary(".zip")
+    for path in stale:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert store.clean_temporary() == 3
+    assert [path.name for path in store.tmp.iterdir()] == [fresh.name]
