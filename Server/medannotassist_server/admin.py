@@ -5,12 +5,13 @@ from __future__ import annotations
 from .accounts import create_user, grant, project_named, revoke_tokens, user_named
 from .audit import AuditVerdict, verify
 from .db import Database, migrate
-from .settings import Settings
+from .settings import Settings, private_data_dir
 
 CLI = "cli"
 
 
 def _database(settings: Settings) -> Database:
+    private_data_dir(settings)
     migrate(settings.url)
     return Database(settings.url)
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from fastapi import FastAPI
 
-from . import __version__, errors
+from . import __version__, docs_pages, errors
+from .access_log import uvicorn_log_config
 from .blobs import BlobStore
 from .db import Database, migrate
+from .jsonlimits import JsonBodyLimits
 from .routes import cases, projects, system, tasks
 from .services import Services
-from .settings import Settings
+from .settings import Settings, private_data_dir
 
 log = logging.getLogger("medannotassist_server")
 
@@ -22,12 +25,16 @@ tasks with leases, review, an audit chain and exports. Every endpoint except `/a
 
 
 def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     database = database or Database(settings.url)
     blobs = BlobStore(settings.blob_dir)
-    app = FastAPI(title="MedAnnotAssist task queue", version=__version__, description=DESCRIPTION)
+    app = FastAPI(
+        title="MedAnnotAssist task queue", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
+    docs_pages.install(app)
     app.state.services = Services(settings, database, blobs)
     errors.install(app)
+    app.add_middleware(JsonBodyLimits)  # inside the upload limit: that one counts the bytes first
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)
     # routes are tried in order: the tasks router (claim, heartbeat, release: the busiest paths) first; no
     # path of it matches a route of the others, so the order changes nothing else
@@ -65,6 +72,10 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warning = settings.remote_warning()  # RemoteHostRefusedError before anything is touched
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    private_data_dir(settings)
     prepare(settings)
     database = "sqlite" if settings.url.startswith("sqlite") else "postgresql"
     log.info(
@@ -76,6 +87,7 @@ def serve(settings: Settings) -> None:
         "" if settings.workers == 1 else "es",
     )
     options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "timeout_keep_alive": 30}
+    options["log_config"] = uvicorn_log_config()
     if settings.workers > 1:
         settings.data_dir = settings.data_dir.resolve()
         os.environ.update(settings.environment())

@@ -45,7 +45,8 @@ def store_received_image(
             known = session.get(Image, sha256)
         if known is not None:
             return image_view(known)
-        geometry = check_image(temporary, suffix, filename, services.settings.max_voxels)
+        settings = services.settings
+        geometry = check_image(temporary, suffix, filename, settings.max_voxels, settings.max_image_bytes)
         services.blobs.adopt(temporary, sha256, suffix)
     finally:
         temporary.unlink(missing_ok=True)
@@ -146,7 +147,10 @@ def attach_ai_segmentation(
     temporary, sha256, size = receive(services.blobs, upload, ".seg.nrrd", services.settings.max_upload_bytes)
     try:
         geometry = geometry_from_json(image.geometry_json) if image else None
-        check_segmentation(temporary, filename, protocol_of(project), geometry, services.settings.max_voxels, "ai")
+        settings = services.settings
+        check_segmentation(
+            temporary, filename, protocol_of(project), geometry, settings.max_voxels, "ai", settings.max_image_bytes
+        )
         services.blobs.adopt(temporary, sha256, ".seg.nrrd")
     finally:
         temporary.unlink(missing_ok=True)

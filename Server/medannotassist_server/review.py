@@ -64,7 +64,13 @@ def upload_edited(
     try:
         geometry = geometry_from_json(image.geometry_json) if image else None
         check_segmentation(
-            temporary, filename, protocol_of(project), geometry, services.settings.max_voxels, caller.name
+            temporary,
+            filename,
+            protocol_of(project),
+            geometry,
+            services.settings.max_voxels,
+            caller.name,
+            max_bytes=services.settings.max_image_bytes,
         )
         services.blobs.adopt(temporary, sha256, ".seg.nrrd")
     finally:

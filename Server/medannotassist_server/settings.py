@@ -3,6 +3,7 @@ from a ``MEDANNOT_*`` environment variable (the command line wins)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,8 @@ class Settings:
     # empty: SQLite (WAL) in data_dir; postgresql+psycopg://... for PostgreSQL and several replicas
     database_url: str = field(default_factory=lambda: _env("database_url", ""))
     host: str = field(default_factory=lambda: _env("host", "127.0.0.1"))
+    # a host other than loopback is refused unless this is set: the server speaks plain HTTP
+    allow_remote: bool = field(default_factory=lambda: _env("allow_remote", False, bool))
     port: int = field(default_factory=lambda: _env("port", 8000, int))
     max_upload_bytes: int = field(default_factory=lambda: _env("max_upload_bytes", 512 * MB, int))
     # a lease lasts this long unless the claim asks for less (or more, up to max_lease_seconds)
@@ -32,6 +35,8 @@ class Settings:
     max_lease_seconds: float = field(default_factory=lambda: _env("max_lease_seconds", 3600.0, float))
     # images and segmentations larger than this are refused from their header, before any allocation
     max_voxels: int = field(default_factory=lambda: _env("max_voxels", 1024 * 1024 * 1024, int))
+    # and larger than this once decompressed (voxels x components x bytes per voxel): a gzip bomb stays small
+    max_image_bytes: int = field(default_factory=lambda: _env("max_image_bytes", 1024 * MB, int))
     max_bulk_cases: int = field(default_factory=lambda: _env("max_bulk_cases", 5000, int))
     log_level: str = field(default_factory=lambda: _env("log_level", "info"))
     # uvicorn worker processes of this server (one listening socket; each process its own engine and pool)
@@ -46,6 +51,22 @@ class Settings:
         if self.database_url:
             return normalized_url(self.database_url)
         return f"sqlite:///{(self.data_dir / 'queue.sqlite3').resolve()}"
+
+    def remote_warning(self) -> str | None:
+        """None on a loopback address; the warning to print when binding another one is allowed; else
+        RemoteHostRefusedError."""
+        if is_loopback(self.host):
+            return None
+        if not self.allow_remote:
+            raise RemoteHostRefusedError(
+                f"--host {self.host} is not a loopback address: the server speaks plain HTTP, so tokens and images "
+                "would cross the network in clear. Terminate TLS in a reverse proxy in front of it and pass "
+                "--allow-remote (MEDANNOT_ALLOW_REMOTE=1), or bind 127.0.0.1 behind the proxy"
+            )
+        return (
+            f"binding {self.host} (--allow-remote): TLS must be terminated in front of this server (a reverse proxy "
+            "such as nginx or Caddy); only that proxy should reach this port"
+        )
 
     @property
     def blob_dir(self) -> Path:
@@ -65,6 +86,28 @@ class Settings:
                 setattr(settings, item.name, value)
         settings.__post_init__()
         return settings
+
+
+class RemoteHostRefusedError(ValueError):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def private_data_dir(settings: Settings) -> None:
+    """What the server writes is its account's alone: the data directory 0700, files 0600 (SQLite and its
+    WAL, blobs, keys, temporary files), through this process's umask, which worker processes inherit."""
+    os.umask(0o077)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.data_dir.stat().st_mode & 0o077:
+        settings.data_dir.chmod(0o700)
 
 
 def normalized_url(url: str) -> str:

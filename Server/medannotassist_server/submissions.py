@@ -22,6 +22,7 @@ from . import audit, consensus_step, protocol_rules
 from .auth import Caller
 from .claims import explain_refusal, lease_task
 from .errors import ApiError
+from .jsonlimits import MAX_JSON_BODY_BYTES, parse_json_text
 from .models import ANNOTATE, ANNOTATING, LEASED, SUBMITTED, Case, Image, Project, Submission, Task, utcnow
 from .schemas import SubmissionMetadata
 from .services import Services, protocol_of
@@ -30,17 +31,10 @@ from .uploads import SEGMENTATION_SUFFIXES, check_segmentation, checked_filename
 log = logging.getLogger("medannotassist_server")
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_metadata(text: str | None, protocol) -> dict:
     if text is None or not text.strip():
         raise ApiError(422, "invalid_metadata", "metadata: a JSON object is required (at least time_spent_s)")
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as error:
-        raise ApiError(422, "invalid_metadata", f"metadata: not valid JSON: {error}") from None
+    data = parse_json_text(text, "metadata", "invalid_metadata", MAX_JSON_BODY_BYTES)
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_metadata", "metadata: expected a JSON object")
     try:
@@ -102,12 +96,14 @@ def submit(
     filename, _suffix = checked_filename(upload.filename, SEGMENTATION_SUFFIXES, "segmentation")
     metadata = parse_metadata(metadata_text, protocol)
     temporary, sha256, size = receive(blobs, upload, ".seg.nrrd", settings.max_upload_bytes)
-    request_sha256 = hashlib.sha256(f"{task_id}\n{sha256}\n{audit.canonical(metadata)}".encode()).hexdigest()
-    try:
+    try:  # every way out removes the temporary file (adopt consumes it when the upload is accepted)
+        request_sha256 = hashlib.sha256(f"{task_id}\n{sha256}\n{audit.canonical(metadata)}".encode()).hexdigest()
         if earlier is not None:
             return 201, _stored_response(earlier, request_sha256)
         image_geometry = geometry_from_json(image.geometry_json) if image else None  # DICOMweb: checked on retrieval
-        labels = check_segmentation(temporary, filename, protocol, image_geometry, settings.max_voxels, caller.name)
+        labels = check_segmentation(
+            temporary, filename, protocol, image_geometry, settings.max_voxels, caller.name, settings.max_image_bytes
+        )
         overrides = protocol_rules.check_submission(protocol, labels, metadata, filename)
         del labels  # as large as the image: not kept while the submission is recorded
         blobs.adopt(temporary, sha256, ".seg.nrrd")

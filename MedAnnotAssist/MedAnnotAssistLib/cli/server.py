@@ -23,6 +23,8 @@ def _settings(args):
 
     if getattr(args, "max_upload_mb", None) is not None:
         args.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
+    if getattr(args, "max_image_mb", None) is not None:
+        args.max_image_bytes = int(args.max_image_mb * 1024 * 1024)
     return Settings.from_args(args)
 
 
@@ -39,8 +41,13 @@ def _admin_call(function, *args):
 
 def cmd_serve(args) -> int:
     from medannotassist_server.app import serve
+    from medannotassist_server.settings import RemoteHostRefusedError
 
-    serve(_settings(args))
+    try:
+        serve(_settings(args))
+    except RemoteHostRefusedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
     return 0
 
 
@@ -87,11 +94,20 @@ def add_commands(commands) -> None:
     """Register the server's commands on the ``medannot`` sub-parsers."""
     serve = commands.add_parser("serve", help="run the task-queue server (migrates the database first)")
     _database_options(serve)
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1: put a TLS proxy in front for a network)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; any other needs --allow-remote)")
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host: TLS must then be terminated by a reverse proxy in front",
+    )
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--lease-seconds", type=float, help="default lease length of a claim (default 300)")
     serve.add_argument("--max-upload-mb", type=float, help="largest request body in MiB (default 512)")
     serve.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
+    serve.add_argument(
+        "--max-image-mb", type=float, help="largest image or segmentation once decompressed, in MiB (default 1024)"
+    )
     serve.add_argument(
         "--workers", type=int, help="worker processes sharing the port (default 1; about one per CPU core)"
     )
