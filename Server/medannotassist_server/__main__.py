@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-upload-bytes", type=int, help="largest request body (default 512 MiB)")
     parser.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
     parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--audit-key-file", help="the audit chain's key (default DATA_DIR/audit.key)")
+    parser.add_argument(
+        "--audit-checkpoint-file", help="signed audit checkpoints (default DATA_DIR/audit-checkpoints.jsonl)"
+    )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve(Settings.from_args(parser.parse_args(argv)))
     return 0

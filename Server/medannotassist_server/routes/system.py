@@ -93,5 +93,5 @@ def verify_audit(caller: CurrentCaller, services: Svc) -> dict:
     if not caller.is_site_admin:
         raise ApiError(403, "forbidden", "only a site admin verifies the audit chain")
     with services.database.reading() as session:
-        verdict = audit.verify(session)
+        verdict = audit.verify(session, services.database.chain)
     return {"ok": verdict.ok, "rows": verdict.rows, "message": verdict.message, "bad_row": verdict.bad_seq}
