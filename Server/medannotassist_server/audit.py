@@ -137,7 +137,8 @@ def bind_key(database) -> None:
     chain: AuditChain = database.chain
     if not chain.key_path.exists():
         with database.reading() as session:
-            key_id = session.get(AuditHead, 1).key_id
+            head = session.get(AuditHead, 1)
+            key_id = head.key_id if head is not None else None
         if key_id is not None:
             raise AuditKeyError(
                 f"no audit key at {chain.key_path}, but the audit chain was made with key id {key_id}: restore the "
@@ -152,7 +153,10 @@ def bind_key(database) -> None:
         create_key(chain.key_path)
     with database.writing() as session:
         connection = session.connection()
-        seq, head, keyed_from, key_id = connection.execute(_HEAD).one()
+        row = connection.execute(_HEAD).one_or_none()
+        if row is None:
+            return  # the head row was deleted: verify says so, and nothing can be appended
+        seq, head, keyed_from, key_id = row
         if key_id is None:
             # the seal goes to the file before the binding commits, while the head is locked: a bound
             # chain always has one (a failed commit leaves a true, harmless extra seal)
@@ -234,6 +238,9 @@ def verify(session: Session, chain: AuditChain, anchors: Iterable[Path] = ()) ->
     file = _File.read(chain.checkpoint_path)
     anchor_files = [_File.read(path) for path in anchors]
     head = session.get(AuditHead, 1)
+    if head is None:
+        problem = "the audit_head row is missing: deleted in the database"
+        return AuditVerdict(False, 0, problem, problems=[problem])
     key_problem = _key_problem(chain, head, file)
     if key_problem:
         return AuditVerdict(False, 0, key_problem, problems=[key_problem], key_problem=True)

@@ -160,6 +160,7 @@ class AuditChain:
         self.every_rows, self.every_seconds = max(1, every_rows), every_seconds
         self._key: bytes | None = None
         self._key_id = ""
+        self._row_hmac = None
         self._lock = threading.Lock()
         self._newest: tuple[int, str, int] | None = None  # (seq, hash, keyed_from) this process committed last
         self._written_seq: int | None = None
@@ -177,8 +178,11 @@ class AuditChain:
     @property
     def key(self) -> bytes:
         if self._key is None:
-            self._key = read_key(self.key_path)
-            self._key_id = key_id_of(self._key)
+            key = read_key(self.key_path)
+            self._key_id = key_id_of(key)
+            # copying a keyed HMAC skips hashing the key for every row: 3.2 instead of 4.5 µs (SHA-256: 1.4)
+            self._row_hmac = hmac.new(key, digestmod=hashlib.sha256)
+            self._key = key
         return self._key
 
     @property
@@ -187,7 +191,10 @@ class AuditChain:
         return self._key_id
 
     def row_hash(self, fields_text: str) -> str:
-        return hmac.digest(self.key, fields_text.encode("utf-8"), "sha256").hex()
+        self.key  # noqa: B018 (reads the key on first use)
+        keyed = self._row_hmac.copy()
+        keyed.update(fields_text.encode("utf-8"))
+        return keyed.hexdigest()
 
     def sign(self, seq: int, head: str, keyed_from: int, seal: bool = False) -> Checkpoint:
         unsigned = Checkpoint(seq, head, keyed_from, _utc_now(), self.key_id, seal)
