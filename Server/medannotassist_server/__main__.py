@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .app import serve
+from .audit_keys import AuditKeyError
 from .settings import Settings
 
 
@@ -24,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         "--audit-checkpoint-file", help="signed audit checkpoints (default DATA_DIR/audit-checkpoints.jsonl)"
     )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    serve(Settings.from_args(parser.parse_args(argv)))
+    try:
+        serve(Settings.from_args(parser.parse_args(argv)))
+    except AuditKeyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .accounts import create_user, grant, project_named, revoke_tokens, user_named
@@ -53,7 +54,7 @@ def revoke(settings: Settings, name: str) -> int:
 
 
 def verify_audit(
-    settings: Settings, anchors: list[Path] = (), export: bool = False
+    settings: Settings, anchors: Sequence[Path] = (), export: bool = False
 ) -> tuple[AuditVerdict, Checkpoint | None]:
     """Verify the chain against the checkpoint file and ``anchors``; ``export``: then sign a checkpoint of
     the verified head (appended to the checkpoint file, returned to be kept elsewhere)."""

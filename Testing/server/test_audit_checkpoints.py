@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
 import threading
 import time
 
@@ -13,11 +14,14 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from medannotassist_server import audit
+from medannotassist_server import admin, audit
 from medannotassist_server.audit_keys import AuditChain, AuditKeyError, create_key
 from medannotassist_server.db import Database, alembic_config, make_engine, migrate
+from medannotassist_server.settings import Settings
 
 from .conftest import BACKENDS
+from .harness import MEDANNOT
+from .postgres import free_port
 
 
 def _open(url: str, root, every_rows: int = 10_000, every_seconds: float = 10.0, key: str = "audit.key") -> Database:
@@ -246,3 +250,16 @@ def test_a_deleted_head_row_is_named(tmp_path):
     verdict = _verify(database)
     assert not verdict.ok and verdict.message == "the audit_head row is missing: deleted in the database"
     database.dispose()
+
+
+def test_a_server_without_the_chains_key_refuses_to_start(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    admin.add_user(settings, "alice", None, True, None)
+    (settings.data_dir / "audit.key").unlink()
+    command_line = [MEDANNOT, "serve", "--data-dir", str(settings.data_dir), "--port", str(free_port())]
+    result = subprocess.run(command_line, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"error: no audit key at {settings.data_dir / 'audit.key'}, but the audit chain was made with key id" in (
+        result.stderr
+    )
+    assert not (settings.data_dir / "audit.key").exists()
