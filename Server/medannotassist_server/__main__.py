@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .app import serve
+from .audit_keys import AuditKeyError
 from .settings import RemoteHostRefusedError, Settings
 
 
@@ -21,10 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
     parser.add_argument("--max-image-bytes", type=int, help="largest image or segmentation decompressed (1 GiB)")
     parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--audit-key-file", help="the audit chain's key (default DATA_DIR/audit.key)")
+    parser.add_argument(
+        "--audit-checkpoint-file", help="signed audit checkpoints (default DATA_DIR/audit-checkpoints.jsonl)"
+    )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     try:
         serve(Settings.from_args(parser.parse_args(argv)))
-    except RemoteHostRefusedError as error:
+    except (RemoteHostRefusedError, AuditKeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

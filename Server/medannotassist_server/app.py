@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import __version__, docs_pages, errors
+from . import __version__, audit, docs_pages, errors
 from .access_log import uvicorn_log_config
 from .blobs import BlobStore
 from .db import Database, migrate
@@ -24,12 +25,26 @@ tasks with leases, review, an audit chain and exports. Every endpoint except `/a
 `Authorization: Bearer <token>`. Errors are JSON `{"code", "message", ...}`. See docs/queue-api.md."""
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    yield
+    # on shutdown: the newest rows this process committed get their checkpoint
+    chain = app.state.services.database.chain
+    if chain is not None:
+        chain.flush()
+
+
 def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    database = database or Database(settings.url)
+    database = database or Database(settings.url, audit.AuditChain.from_settings(settings))
     blobs = BlobStore(settings.blob_dir)
     app = FastAPI(
-        title="MedAnnotAssist task queue", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None
+        title="MedAnnotAssist task queue",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=_lifespan,
     )
     docs_pages.install(app)
     app.state.services = Services(settings, database, blobs)
@@ -44,12 +59,16 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
 
 
 def prepare(settings: Settings) -> Services:
-    """Migrate to head, clear old stray uploads and finish cases a crash left between steps."""
+    """Migrate to head, bind the audit key (made on the first start), clear old stray uploads and finish
+    cases a crash left between steps."""
     from .consensus_step import reconcile
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.url)
-    services = Services(settings, Database(settings.url), BlobStore(settings.blob_dir))
+    services = Services(
+        settings, Database(settings.url, audit.AuditChain.from_settings(settings)), BlobStore(settings.blob_dir)
+    )
+    audit.bind_key(services.database)
     services.blobs.clean_temporary()
     finished = reconcile(services)
     if finished:
@@ -90,6 +109,8 @@ def serve(settings: Settings) -> None:
     options["log_config"] = uvicorn_log_config()
     if settings.workers > 1:
         settings.data_dir = settings.data_dir.resolve()
+        settings.audit_key_file = str(settings.audit_key_path.resolve())
+        settings.audit_checkpoint_file = str(settings.audit_checkpoint_path.resolve())
         os.environ.update(settings.environment())
         uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
         return

@@ -215,7 +215,8 @@ class Export(Base):
 
 
 class AuditEvent(Base):
-    """One state change; ``hash`` covers every field and the previous row's hash."""
+    """One state change; ``hash`` (HMAC with the server's audit key) covers every field and the previous
+    row's hash."""
 
     __tablename__ = "audit_events"
 
@@ -234,10 +235,13 @@ class AuditEvent(Base):
 
 class AuditHead(Base):
     """The chain's last sequence number and hash: one row, locked by every writer, so replicas append in
-    one order and a deleted last row shows."""
+    one order and a deleted last row shows. Rows before ``keyed_from`` were hashed without a key (made
+    before revision 0004); ``key_id`` names the key the chain is bound to."""
 
     __tablename__ = "audit_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    keyed_from: Mapped[int] = mapped_column(BigInteger, server_default="1")
+    key_id: Mapped[str | None] = mapped_column(String(16))

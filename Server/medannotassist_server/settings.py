@@ -41,6 +41,12 @@ class Settings:
     log_level: str = field(default_factory=lambda: _env("log_level", "info"))
     # uvicorn worker processes of this server (one listening socket; each process its own engine and pool)
     workers: int = field(default_factory=lambda: _env("workers", 1, int))
+    # the audit chain's key and its signed checkpoints, outside the database (empty: in data_dir, see audit_keys)
+    audit_key_file: str = field(default_factory=lambda: _env("audit_key_file", ""))
+    audit_checkpoint_file: str = field(default_factory=lambda: _env("audit_checkpoint_file", ""))
+    # a checkpoint every so many audit rows or, when fewer came, this many seconds after the first of them
+    audit_checkpoint_rows: int = field(default_factory=lambda: _env("audit_checkpoint_rows", 10_000, int))
+    audit_checkpoint_seconds: float = field(default_factory=lambda: _env("audit_checkpoint_seconds", 10.0, float))
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
@@ -71,6 +77,18 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return Path(self.audit_key_file) if self.audit_key_file else self.data_dir / "audit.key"
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        return (
+            Path(self.audit_checkpoint_file)
+            if self.audit_checkpoint_file
+            else self.data_dir / "audit-checkpoints.jsonl"
+        )
 
     def environment(self) -> dict[str, str]:
         """These settings as ``MEDANNOT_*`` variables: what a worker process reads back with ``Settings()``."""

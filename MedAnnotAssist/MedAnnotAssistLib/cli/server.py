@@ -16,6 +16,12 @@ from .common import EXIT_INVALID
 def _database_options(parser) -> None:
     parser.add_argument("--data-dir", type=Path, help="server data directory (SQLite database and blobs)")
     parser.add_argument("--database-url", help="postgresql://user@host:port/db instead of SQLite in --data-dir")
+    parser.add_argument(
+        "--audit-key-file", help="the audit chain's key (default DATA_DIR/audit.key, made on first start)"
+    )
+    parser.add_argument(
+        "--audit-checkpoint-file", help="signed audit checkpoints (default DATA_DIR/audit-checkpoints.jsonl)"
+    )
 
 
 def _settings(args):
@@ -28,15 +34,18 @@ def _settings(args):
     return Settings.from_args(args)
 
 
-def _admin_call(function, *args):
-    """Run an admin function; a refusal is printed as one line and exits 2."""
+def _admin_call(function, *args, **kwargs):
+    """Run an admin function; a refusal, or a missing or wrong audit key, is printed as one line and exits 2."""
+    from medannotassist_server.audit_keys import AuditKeyError
     from medannotassist_server.errors import ApiError
 
     try:
-        return function(*args), 0
+        return function(*args, **kwargs), 0
     except ApiError as error:
         print(f"error: {error.message}", file=sys.stderr)
-        return None, EXIT_INVALID
+    except AuditKeyError as error:
+        print(f"error: {error}", file=sys.stderr)
+    return None, EXIT_INVALID
 
 
 def cmd_serve(args) -> int:
@@ -44,11 +53,10 @@ def cmd_serve(args) -> int:
     from medannotassist_server.settings import RemoteHostRefusedError
 
     try:
-        serve(_settings(args))
+        return _admin_call(serve, _settings(args))[1]
     except RemoteHostRefusedError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
-    return 0
 
 
 def cmd_create_user(args) -> int:
@@ -83,11 +91,24 @@ def cmd_revoke(args) -> int:
 
 
 def cmd_verify_audit(args) -> int:
+    """Exit 0: intact; 1: tampered (each problem on a line); 2: the key is missing or not the chain's."""
     from medannotassist_server.admin import verify_audit
 
-    verdict = verify_audit(_settings(args))
-    print(verdict.message, file=sys.stdout if verdict.ok else sys.stderr)
-    return 0 if verdict.ok else 1
+    result, status = _admin_call(verify_audit, _settings(args), args.anchor, export=getattr(args, "export", False))
+    if status:
+        return status
+    verdict, checkpoint = result
+    if verdict.key_problem:
+        print(f"error: {verdict.message}", file=sys.stderr)
+        return EXIT_INVALID
+    if not verdict.ok:
+        for problem in verdict.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(verdict.message, file=sys.stderr if checkpoint else sys.stdout)
+    if checkpoint:
+        print(checkpoint.line(), end="")
+    return 0
 
 
 def add_commands(commands) -> None:
@@ -138,6 +159,24 @@ def add_commands(commands) -> None:
     _database_options(revoke)
     revoke.set_defaults(func=cmd_revoke)
 
-    verify = actions.add_parser("verify-audit", help="check the audit hash chain; exit 1 naming the first bad row")
+    verify = actions.add_parser(
+        "verify-audit", help="check the audit chain and its signed checkpoints; exit 1 naming what is wrong"
+    )
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="checkpoints exported earlier (kept elsewhere) that the chain and the checkpoint file must still hold",
+    )
     _database_options(verify)
     verify.set_defaults(func=cmd_verify_audit)
+
+    export = actions.add_parser(
+        "export-audit-checkpoint",
+        help="verify the audit chain, then sign a checkpoint of its head and print it (a JSON line) to keep elsewhere",
+    )
+    export.add_argument("--anchor", action="append", type=Path, default=[], metavar="FILE", help="as for verify-audit")
+    _database_options(export)
+    export.set_defaults(func=cmd_verify_audit, export=True)
