@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-upload-bytes", type=int, help="largest request body (default 512 MiB)")
     parser.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
     parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--job-threads", type=int, help="consensus job threads per process (default 1)")
+    parser.add_argument("--dask-scheduler", help="compute consensus on this Dask cluster")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve(Settings.from_args(parser.parse_args(argv)))
     return 0

@@ -7,10 +7,10 @@ import os
 
 from fastapi import FastAPI
 
-from . import __version__, errors
+from . import __version__, errors, worker
 from .blobs import BlobStore
 from .db import Database, migrate
-from .routes import cases, projects, system, tasks
+from .routes import cases, jobs, projects, system, tasks
 from .services import Services
 from .settings import Settings
 
@@ -25,19 +25,21 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = database or Database(settings.url)
     blobs = BlobStore(settings.blob_dir)
-    app = FastAPI(title="MedAnnotAssist task queue", version=__version__, description=DESCRIPTION)
+    app = FastAPI(
+        title="MedAnnotAssist task queue", version=__version__, description=DESCRIPTION, lifespan=worker.lifespan
+    )
     app.state.services = Services(settings, database, blobs)
     errors.install(app)
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)
     # routes are tried in order: the tasks router (claim, heartbeat, release: the busiest paths) first; no
     # path of it matches a route of the others, so the order changes nothing else
-    for module in (tasks, system, projects, cases):
+    for module in (tasks, system, projects, cases, jobs):
         app.include_router(module.router)
     return app
 
 
 def prepare(settings: Settings) -> Services:
-    """Migrate to head, clear old stray uploads and finish cases a crash left between steps."""
+    """Migrate to head, clear old stray uploads and queue the consensus of cases a crash left unqueued."""
     from .consensus_step import reconcile
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +48,7 @@ def prepare(settings: Settings) -> Services:
     services.blobs.clean_temporary()
     finished = reconcile(services)
     if finished:
-        log.info("reconciled %d case(s) whose readers were all in", finished)
+        log.info("queued the consensus of %d case(s) whose readers were all in", finished)
     services.database.dispose()
     return services
 

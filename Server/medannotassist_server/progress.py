@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from . import jobs
 from .models import LEASED, Case, ConsensusResult, Submission, Task, User, utcnow
 
 
@@ -71,5 +72,6 @@ def progress(session, project_id: int) -> dict:
         "cases": {"total": sum(cases.values()), **cases},
         "tasks": dict(tasks),
         "readers": sorted(readers.values(), key=lambda r: r["reader"]),
+        "consensus_jobs": jobs.counts(session, project_id),
         "at": now.isoformat() + "Z",
     }

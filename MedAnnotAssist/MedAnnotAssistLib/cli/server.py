@@ -1,4 +1,4 @@
-"""`medannot serve` and `medannot admin …`: the task-queue server (package ``medannotassist_server``).
+"""`medannot serve`, `medannot worker` and `medannot admin …`: the task-queue server (``medannotassist_server``).
 
 The first user of a new server is made with ``medannot admin create-user NAME --site-admin``: a site
 admin creates projects and users over the API and is admin of every project. Admin commands work on
@@ -16,6 +16,12 @@ from .common import EXIT_INVALID
 def _database_options(parser) -> None:
     parser.add_argument("--data-dir", type=Path, help="server data directory (SQLite database and blobs)")
     parser.add_argument("--database-url", help="postgresql://user@host:port/db instead of SQLite in --data-dir")
+
+
+def _dask_option(parser) -> None:
+    parser.add_argument(
+        "--dask-scheduler", metavar="ADDRESS", help="compute consensus on this Dask cluster (tcp://host:8786)"
+    )
 
 
 def _settings(args):
@@ -41,6 +47,13 @@ def cmd_serve(args) -> int:
     from medannotassist_server.app import serve
 
     serve(_settings(args))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from medannotassist_server.worker import run_worker
+
+    run_worker(_settings(args), burst=args.burst)
     return 0
 
 
@@ -95,8 +108,19 @@ def add_commands(commands) -> None:
     serve.add_argument(
         "--workers", type=int, help="worker processes sharing the port (default 1; about one per CPU core)"
     )
+    serve.add_argument(
+        "--job-threads", type=int, help="consensus job threads per process (default 1; 0: `medannot worker` runs them)"
+    )
+    _dask_option(serve)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run a task-queue server's consensus jobs (as many as wanted)")
+    _database_options(worker)
+    _dask_option(worker)
+    worker.add_argument("--burst", action="store_true", help="exit when no job is due instead of waiting for more")
+    worker.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    worker.set_defaults(func=cmd_worker)
 
     admin = commands.add_parser("admin", help="users, roles and the audit chain of a task-queue server")
     actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
