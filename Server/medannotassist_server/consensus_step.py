@@ -118,10 +118,10 @@ def compute_files(reader_paths: list[str], reader_names: list[str], protocol_jso
 def compute_inputs(services: Services, case: Case, project: Project, submissions, image: Image | None) -> dict:
     """``compute_files``' arguments but ``out_dir``, and ``labels``: a name for each input file, which error
     messages show instead of its path."""
-    blobs = services.blobs
-    paths = [str(blobs.path(row.sha256, ".seg.nrrd")) for row, _ in submissions]
+    blobs = services.blobs  # absolute paths: the compute may run in another working directory (Dask)
+    paths = [str(blobs.path(row.sha256, ".seg.nrrd").resolve()) for row, _ in submissions]
     labels = {path: f"submission {row.id} ({name})" for path, (row, name) in zip(paths, submissions, strict=True)}
-    image_path = str(blobs.path(image.sha256, image.suffix)) if image is not None else None
+    image_path = str(blobs.path(image.sha256, image.suffix).resolve()) if image is not None else None
     if image_path:
         labels[image_path] = f"the image of case {case.id}"
     return {
@@ -171,7 +171,7 @@ def advance(services: Services, ticket: jobs.Ticket, worker: str, compute) -> st
     if len(submissions) >= 2 and existing is None:
         inputs = compute_inputs(services, case, project, submissions, image)
         with tempfile.TemporaryDirectory(dir=services.blobs.tmp, prefix="consensus-") as out:
-            computed = store_outputs(services, compute(inputs | {"out_dir": out}), submissions)
+            computed = store_outputs(services, compute(inputs | {"out_dir": str(Path(out).resolve())}), submissions)
     try:
         return _record(services, case_id, computed, submissions, ticket, worker)
     except IntegrityError:

@@ -198,6 +198,9 @@ class Worker:
                 except SQLAlchemyError as error:  # the database is away: try again later
                     log.warning("worker %s: %s", self.name, error.__class__.__name__)
                     self.stop.wait(POLL_S * 10)
+                except Exception:  # a bug must not end the thread: the jobs would stop with no one noticing
+                    log.exception("worker %s", self.name)
+                    self.stop.wait(POLL_S * 10)
                 wake.wait(POLL_S)
                 wake.clear()
         finally:

@@ -259,3 +259,24 @@ def test_consensus_computed_on_a_dask_cluster(start_queue, tiny_image_file, tmp_
             assert agreement["readers"] == [u.name for u in users] and agreement["agreement"]["structures"]
         finally:
             queue.stop()
+
+
+def test_a_stopping_server_hands_its_job_back(start_queue, tiny_image_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(DELAY, "120")
+    queue = start_queue("sqlite")
+    admin = queue.admin
+    project, (case,), users = _case(admin, tiny_image_file)
+    for seed, user in enumerate(users):
+        _submit(project, user, tmp_path, seed)
+    _poll(lambda: _job(admin, project, case["id"])["state"] == "running", timeout=60)
+    started = time.monotonic()
+    queue.server.stop()  # SIGTERM: the job thread stops waiting and hands the job back
+    assert time.monotonic() - started < 15 and "handed back" in queue.server.log_text()
+    idle = ServerProcess(queue.data_dir, None, None, "--job-threads", "0").start()
+    try:
+        api = Api(idle.url, queue.admin_token)
+        job = _job(api, project, case["id"])
+        assert job["state"] == "queued" and job["attempts"] == 0 and job["retry_at"] is None, job
+        api.close()
+    finally:
+        idle.stop()
