@@ -95,6 +95,12 @@ def enqueue(services: Services, case_id: int, actor: str | None = None) -> bool:
     return True
 
 
+def job_view(session, case_id: int) -> dict | None:
+    """The case's latest consensus job: queued, running, failed (with its reason) or done; None before any."""
+    job = jobs.latest(session, CONSENSUS, case_id)
+    return jobs.view(job) if job else None
+
+
 def _waiting(session, case_id: int) -> bool:
     case = session.get(Case, case_id)
     if case is None or case.state != ANNOTATING:

@@ -13,26 +13,13 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from .. import consensus_step, jobs
+from .. import consensus_step
 from ..auth import Access, ProjectAccess
 from ..cases import add_cases, attach_ai_segmentation, case_in_project, store_image
 from ..consensus_step import latest_submissions
 from ..dicom_ingest import ingest_dicom_series
 from ..errors import ApiError, not_found
-from ..models import (
-    ADMIN,
-    ANNOTATOR,
-    APPROVED,
-    CONSENSUS,
-    REVIEWER,
-    Case,
-    ConsensusResult,
-    Image,
-    Project,
-    Submission,
-    Task,
-    User,
-)
+from ..models import ADMIN, ANNOTATOR, APPROVED, REVIEWER, Case, ConsensusResult, Image, Project, Submission, Task, User
 from ..schemas import MAX_ID, NAME_PATTERN, BulkCases, CaseId, ProjectId, SubmissionId
 from ..services import Services, Svc
 from ..submissions import submission_view
@@ -55,12 +42,6 @@ Multipart = Depends(multipart)
 
 def sees_others(access: ProjectAccess, case: Case) -> bool:
     return access.has(REVIEWER) or case.state == APPROVED
-
-
-def consensus_state(session, case: Case) -> dict | None:
-    """The case's latest consensus job: queued, running, failed (with its reason) or done."""
-    job = jobs.latest(session, CONSENSUS, case.id)
-    return jobs.view(job) if job else None
 
 
 def case_view(session, case: Case, access: ProjectAccess) -> dict:
@@ -87,7 +68,7 @@ def case_view(session, case: Case, access: ProjectAccess) -> dict:
         "ai_uncertainty": case.ai_uncertainty,
         "final_sha256": case.final_sha256 if sees_others(access, case) else None,
         "tasks": visible,
-        "consensus": consensus_state(session, case) if sees_others(access, case) else None,
+        "consensus": consensus_step.job_view(session, case.id) if sees_others(access, case) else None,
     }
 
 
@@ -318,5 +299,5 @@ def queue_consensus(project_id: ProjectId, case_id: CaseId, access: Access, serv
     queued = consensus_step.enqueue(services, case_id, actor=access.caller.name)
     with services.database.reading() as session:
         case = session.get(Case, case_id)
-        job = jobs.latest(session, CONSENSUS, case_id)
-        return {"case_id": case_id, "state": case.state, "queued": queued, "consensus": jobs.view(job) if job else None}
+        job = consensus_step.job_view(session, case_id)
+        return {"case_id": case_id, "state": case.state, "queued": queued, "consensus": job}
