@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--audit-checkpoint-file", help="signed audit checkpoints (default DATA_DIR/audit-checkpoints.jsonl)"
     )
+    parser.add_argument("--job-threads", type=int, help="consensus job threads per process (default 1)")
+    parser.add_argument("--dask-scheduler", help="compute consensus on this Dask cluster")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     try:
         serve(Settings.from_args(parser.parse_args(argv)))

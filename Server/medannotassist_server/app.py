@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import __version__, audit, docs_pages, errors
+from . import __version__, audit, docs_pages, errors, worker
 from .access_log import uvicorn_log_config
 from .blobs import BlobStore
 from .db import Database, migrate
 from .jsonlimits import JsonBodyLimits
-from .routes import cases, projects, system, tasks
+from .routes import cases, jobs, projects, system, tasks
 from .services import Services
 from .settings import Settings, private_data_dir
 
@@ -27,8 +27,9 @@ tasks with leases, review, an audit chain and exports. Every endpoint except `/a
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
-    yield
-    # on shutdown: the newest rows this process committed get their checkpoint
+    async with worker.lifespan(app):  # this process's consensus job threads
+        yield
+    # on shutdown, after the job threads stopped: the newest rows this process committed get their checkpoint
     chain = app.state.services.database.chain
     if chain is not None:
         chain.flush()
@@ -53,14 +54,14 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)
     # routes are tried in order: the tasks router (claim, heartbeat, release: the busiest paths) first; no
     # path of it matches a route of the others, so the order changes nothing else
-    for module in (tasks, system, projects, cases):
+    for module in (tasks, system, projects, cases, jobs):
         app.include_router(module.router)
     return app
 
 
 def prepare(settings: Settings) -> Services:
-    """Migrate to head, bind the audit key (made on the first start), clear old stray uploads and finish
-    cases a crash left between steps."""
+    """Migrate to head, bind the audit key (made on the first start), clear old stray uploads and queue the
+    consensus of cases a crash left unqueued."""
     from .consensus_step import reconcile
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def prepare(settings: Settings) -> Services:
     services.blobs.clean_temporary()
     finished = reconcile(services)
     if finished:
-        log.info("reconciled %d case(s) whose readers were all in", finished)
+        log.info("queued the consensus of %d case(s) whose readers were all in", finished)
     services.database.dispose()
     return services
 

@@ -30,6 +30,10 @@ QUEUED, LEASED, SUBMITTED, CLOSED = "queued", "leased", "submitted", "closed"
 # Case states.
 ANNOTATING, IN_REVIEW, APPROVED = "annotating", "review", "approved"
 
+# Job kinds and states: server-side work a worker takes from the jobs table (a request never waits for it).
+CONSENSUS = "consensus"
+JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED = "queued", "running", "done", "failed"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -182,6 +186,33 @@ class ConsensusResult(Base):
     agreement_json: Mapped[str] = mapped_column(Text)
     submission_ids_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Job(Base):
+    """Server-side work (a case's consensus of one round), taken by one worker at a time under a lease."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("kind", "case_id", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(12), default=JOB_QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)  # the last attempt's failure, short, no server paths
+    # the worker holding (or that last held) the job; a running job whose lease expired is taken again
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    run_after: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # the backoff after a failure
+    queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)  # of the latest attempt
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# workers look for queued jobs that are due, and running ones whose lease expired
+Index("ix_jobs_takeable", Job.state, Job.run_after)
 
 
 class Review(Base):

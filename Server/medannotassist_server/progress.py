@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from . import protocol_rules
+from . import jobs, protocol_rules
 from .models import LEASED, Case, ConsensusResult, Review, Submission, Task, User, utcnow
 
 
@@ -74,6 +74,7 @@ def progress(session, project_id: int) -> dict:
         "tasks": dict(tasks),
         "readers": sorted(readers.values(), key=lambda r: r["reader"]),
         "overrides": _overrides(session, project_id, [row[3] for row in submissions]),
+        "consensus_jobs": jobs.counts(session, project_id),
         "at": now.isoformat() + "Z",
     }
 

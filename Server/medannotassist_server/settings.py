@@ -47,6 +47,14 @@ class Settings:
     # a checkpoint every so many audit rows or, when fewer came, this many seconds after the first of them
     audit_checkpoint_rows: int = field(default_factory=lambda: _env("audit_checkpoint_rows", 10_000, int))
     audit_checkpoint_seconds: float = field(default_factory=lambda: _env("audit_checkpoint_seconds", 10.0, float))
+    # background jobs (consensus): worker threads in each server process (0: leave them to `medannot worker`),
+    # the lease a running job holds (heartbeated; a dead worker's job is taken again after it), attempts
+    # before a job stays failed, the first retry's delay (doubling), and a Dask scheduler for the compute
+    job_threads: int = field(default_factory=lambda: _env("job_threads", 1, int))
+    job_lease_seconds: float = field(default_factory=lambda: _env("job_lease_seconds", 60.0, float))
+    job_max_attempts: int = field(default_factory=lambda: _env("job_max_attempts", 3, int))
+    job_retry_seconds: float = field(default_factory=lambda: _env("job_retry_seconds", 30.0, float))
+    dask_scheduler: str = field(default_factory=lambda: _env("dask_scheduler", ""))
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)

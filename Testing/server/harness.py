@@ -167,6 +167,21 @@ class Api:
         self.client.close()
 
 
+def wait_for_consensus(api: Api, project_id: int, case_id: int, timeout: float = 180.0) -> dict:
+    """Poll a case whose readers are all in until its consensus job has moved it on (review open, or approved
+    when review is off); returns the case. A failed job fails the test with its reason. ``api``: a reviewer
+    or an admin (who see the case's consensus state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        case = api.ok(api.get(f"/api/v1/projects/{project_id}/cases/{case_id}"))
+        job = case.get("consensus")
+        if case["state"] != "annotating":
+            return case
+        assert not (job and job["state"] == "failed"), f"consensus of case {case_id} failed: {job['error']}"
+        assert time.monotonic() < deadline, f"case {case_id} still annotating after {timeout} s; consensus: {job}"
+        time.sleep(0.1)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

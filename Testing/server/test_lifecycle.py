@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from .conftest import BACKENDS
-from .harness import SAMPLE_OVERRIDES, admin_command
+from .harness import SAMPLE_OVERRIDES, admin_command, wait_for_consensus
 
 
 def _edit_audit_row(queue, seq: int) -> None:
@@ -78,6 +78,9 @@ def test_case_lifecycle_over_http(backend, start_queue, sample_dir, reader_files
         project, task2, reader_files[1], {"time_spent_s": 610.0, "overrides": SAMPLE_OVERRIDES}, key="ann2-case1"
     )
     assert second.status_code == 201 and second.json()["case_complete"] is True
+    # consensus is a background job: the reviewer's case shows it done and the review task open
+    reviewed = wait_for_consensus(rev, project, case["id"])
+    assert reviewed["state"] == "review" and reviewed["consensus"]["state"] == "done"
 
     consensus = rev.ok(rev.get(f"{base}/cases/{case['id']}/consensus"))
     assert consensus["readers"] == ["ann1", "ann2"] and consensus["round"] == 1
@@ -102,6 +105,7 @@ def test_case_lifecycle_over_http(backend, start_queue, sample_dir, reader_files
         project, again, reader_files[1], {"time_spent_s": 120.0, "overrides": SAMPLE_OVERRIDES}, key="ann2-case1-round2"
     )
     assert resubmitted.status_code == 201 and resubmitted.json()["version"] == 2
+    assert wait_for_consensus(rev, project, case["id"])["consensus"]["round"] == 2
 
     review2 = rev.claim(project)
     assert review2 is not None and review2["round"] == 2

@@ -1,4 +1,4 @@
-"""`medannot serve` and `medannot admin …`: the task-queue server (package ``medannotassist_server``).
+"""`medannot serve`, `medannot worker` and `medannot admin …`: the task-queue server (``medannotassist_server``).
 
 The first user of a new server is made with ``medannot admin create-user NAME --site-admin``: a site
 admin creates projects and users over the API and is admin of every project. Admin commands work on
@@ -21,6 +21,12 @@ def _database_options(parser) -> None:
     )
     parser.add_argument(
         "--audit-checkpoint-file", help="signed audit checkpoints (default DATA_DIR/audit-checkpoints.jsonl)"
+    )
+
+
+def _dask_option(parser) -> None:
+    parser.add_argument(
+        "--dask-scheduler", metavar="ADDRESS", help="compute consensus on this Dask cluster (tcp://host:8786)"
     )
 
 
@@ -57,6 +63,12 @@ def cmd_serve(args) -> int:
     except RemoteHostRefusedError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def cmd_worker(args) -> int:
+    from medannotassist_server.worker import run_worker
+
+    return _admin_call(run_worker, _settings(args), burst=args.burst)[1]
 
 
 def cmd_create_user(args) -> int:
@@ -132,8 +144,19 @@ def add_commands(commands) -> None:
     serve.add_argument(
         "--workers", type=int, help="worker processes sharing the port (default 1; about one per CPU core)"
     )
+    serve.add_argument(
+        "--job-threads", type=int, help="consensus job threads per process (default 1; 0: `medannot worker` runs them)"
+    )
+    _dask_option(serve)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run a task-queue server's consensus jobs (as many as wanted)")
+    _database_options(worker)
+    _dask_option(worker)
+    worker.add_argument("--burst", action="store_true", help="exit when no job is due instead of waiting for more")
+    worker.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    worker.set_defaults(func=cmd_worker)
 
     admin = commands.add_parser("admin", help="users, roles and the audit chain of a task-queue server")
     actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")

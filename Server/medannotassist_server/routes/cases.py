@@ -68,6 +68,7 @@ def case_view(session, case: Case, access: ProjectAccess) -> dict:
         "ai_uncertainty": case.ai_uncertainty,
         "final_sha256": case.final_sha256 if sees_others(access, case) else None,
         "tasks": visible,
+        "consensus": consensus_step.job_view(session, case.id) if sees_others(access, case) else None,
     }
 
 
@@ -288,12 +289,17 @@ def final_file(project_id: ProjectId, case_id: CaseId, access: Access, services:
     return FileResponse(path, media_type="application/octet-stream", filename=f"{case.name}-final.seg.nrrd")
 
 
-@router.post("/cases/{case_id}/consensus", tags=["review"], summary="Finish a case whose readers are all in (admin)")
-def advance_case(project_id: ProjectId, case_id: CaseId, access: Access, services: Svc) -> dict:
+@router.post(
+    "/cases/{case_id}/consensus",
+    tags=["review"],
+    summary="Queue the consensus of a case whose readers are all in, or a failed one again (admin)",
+)
+def queue_consensus(project_id: ProjectId, case_id: CaseId, access: Access, services: Svc) -> dict:
     access.require(ADMIN)
     with services.database.reading() as session:
         case_in_project(session, project_id, case_id)
-    state = consensus_step.advance(services, case_id)
+    queued = consensus_step.enqueue(services, case_id, actor=access.caller.name)
     with services.database.reading() as session:
         case = session.get(Case, case_id)
-        return {"case_id": case_id, "state": case.state, "advanced": state is not None}
+        job = consensus_step.job_view(session, case_id)
+        return {"case_id": case_id, "state": case.state, "queued": queued, "consensus": job}
