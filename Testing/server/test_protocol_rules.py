@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .harness import SAMPLE_OVERRIDES, unique
+from .harness import SAMPLE_OVERRIDES, unique, wait_for_consensus
 
 PANCREAS = [  # 644 voxels of 3 x 3 x 3 mm
     {"structure": "pancreas", "name": "Pancreas", "rule": "volumeMl", "measured": pytest.approx(644 * 0.027),
@@ -114,7 +114,8 @@ def test_a_submission_failing_blocking_rules_is_refused_until_overridden(queue, 
         ("pancreas", "maxComponents"),
     ]
 
-    # the reviewer sees each reader's overrides with the submissions and the consensus
+    # the reviewer sees each reader's overrides with the submissions and the consensus (once its job ran)
+    wait_for_consensus(rev, project, case_id)
     seen = {s["reader"]: s["overrides"] for s in rev.ok(rev.get(f"{base}/cases/{case_id}/submissions"))}
     assert seen[ann1.name] == kept and len(seen[ann2.name]) == 3
     consensus = rev.ok(rev.get(f"{base}/cases/{case_id}/consensus"))
