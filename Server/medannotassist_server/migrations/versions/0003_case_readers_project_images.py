@@ -36,6 +36,7 @@ def upgrade() -> None:
     )
     # what the existing rows tell: readers are the current holders, assignees and submitters of annotate
     # tasks (a reader who released before this upgrade is not known); a project's images are its cases'
+    # (an image uploaded but not yet in a case is the project's again once uploaded again)
     op.execute(
         "INSERT INTO case_readers (user_id, case_id) "
         "SELECT holder_id, case_id FROM tasks WHERE kind = 'annotate' AND holder_id IS NOT NULL "
