@@ -92,8 +92,8 @@ def _candidate(kind: str, expired: bool, postgres: bool):
     if kind == ANNOTATE:
         query = query.where(~holds_one_of_case)
     elif kind == REVIEW:  # a case's readers never review it
-        reads_case = select(CaseReader.case_id).where(CaseReader.user_id == user_id, CaseReader.case_id == Task.case_id)
-        query = query.where(~reads_case.exists())
+        their_case = select(CaseReader.case_id).where(CaseReader.user_id == user_id, CaseReader.case_id == Task.case_id)
+        query = query.where(~their_case.exists())
     return query.with_for_update(skip_locked=True, of=Task) if postgres else query
 
 
