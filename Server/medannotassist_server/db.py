@@ -156,3 +156,10 @@ def migrate(url: str) -> None:
             command.upgrade(alembic_config(url), "head")
     finally:
         engine.dispose()
+
+
+def insert_new(model, postgres: bool):
+    """``INSERT … ON CONFLICT DO NOTHING`` for ``model``: a row that is already there stays, no error."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql.insert if postgres else sqlite.insert)(model).on_conflict_do_nothing()

@@ -174,7 +174,9 @@ def ingest_dicom_series(services: Services, caller: Caller, project_id: int, upl
             "slices": series.slice_count,
             "deidentification": f"DICOM PS3.15 {summary.table_edition} Basic Profile, {', '.join(summary.options)}",
         }
-        image = store_received_image(services, caller, volume, sha256, size, ".nrrd", f"{filename}.nrrd", note)
+        image = store_received_image(
+            services, caller, volume, sha256, size, ".nrrd", f"{filename}.nrrd", note, project_id=project_id
+        )
         answer = {
             "table_edition": summary.table_edition,
             "options": summary.options,

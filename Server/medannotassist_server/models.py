@@ -103,6 +103,16 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class ProjectImage(Base):
+    """An image a project may use: images are stored once by content, but reached only through a project
+    that uploaded them (so one project's image sha256 is of no use in another)."""
+
+    __tablename__ = "project_images"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+
+
 class Case(Base):
     __tablename__ = "cases"
     __table_args__ = (UniqueConstraint("project_id", "name"),)
@@ -149,6 +159,17 @@ class Task(Base):
 
 # claims walk this index: one (project, kind, state), priority high to low, then oldest first
 Index("ix_tasks_queue", Task.project_id, Task.kind, Task.state, Task.priority.desc(), Task.created_at, Task.id)
+
+
+class CaseReader(Base):
+    """Who ever leased an annotate task of a case: blind to its other readers until approval, never its
+    reviewer. A row per (reader, case), written at claim time, because ``Task.holder_id`` forgets a reader
+    on release, expiry and re-claim."""
+
+    __tablename__ = "case_readers"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), primary_key=True)
 
 
 class Submission(Base):

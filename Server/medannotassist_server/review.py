@@ -18,6 +18,7 @@ from . import audit, protocol_rules
 from .auth import Caller
 from .claims import explain_refusal, lease_task
 from .consensus_step import latest_submissions
+from .duties import refuse_own_review
 from .errors import ApiError
 from .models import (
     ANNOTATING,
@@ -44,6 +45,7 @@ from .uploads import SEGMENTATION_SUFFIXES, check_segmentation, checked_filename
 def _context(services: Services, caller: Caller, project_id: int, task_id: int, lease_id: str):
     with services.database.reading() as session:
         task = lease_task(session, caller, project_id, task_id, lease_id, REVIEW)
+        refuse_own_review(session, caller, task.case_id)
         case = session.get(Case, task.case_id)
         project = session.get(Project, project_id)
         image = session.get(Image, case.image_sha256) if case.image_sha256 else None

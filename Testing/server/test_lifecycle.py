@@ -71,7 +71,7 @@ def test_case_lifecycle_over_http(backend, start_queue, sample_dir, reader_files
 
     # blind: the second reader sees neither the first one's work nor a consensus
     sid1 = first.json()["submission_id"]
-    assert ann2.get(f"{base}/submissions/{sid1}/file").json()["code"] == "blinded"
+    assert ann2.get(f"{base}/submissions/{sid1}/file").json()["code"] == "submission_not_found"
     assert ann2.ok(ann2.get(f"{base}/cases/{case['id']}/submissions")) == []
 
     second = ann2.submit(
