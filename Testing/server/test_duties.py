@@ -9,7 +9,7 @@ import pytest
 
 from medannotassist_server.schemas import MAX_ID
 
-from .harness import tiny_geometry, tiny_segmentation, unique
+from .harness import tiny_geometry, tiny_segmentation, unique, wait_for_consensus
 
 
 def _error(response: httpx.Response, status: int, code: str) -> dict:
@@ -106,7 +106,7 @@ def test_a_reader_never_claims_or_decides_the_review_of_their_case(queue, tiny_i
     ann1, dual, rev = users["ann1"], users["dual"], users["rev"]
     assert ann1.submit(project, ann1.claim(project), seg).status_code == 201
     assert dual.submit(project, dual.claim(project, kind="annotate"), seg).status_code == 201
-    assert ann1.ok(ann1.get(f"{base}/cases/{case}"))["state"] == "review"
+    assert wait_for_consensus(rev, project, case)["state"] == "review"
 
     assert dual.claim(project) is None  # the review task of the case dual read goes to someone else
     review = rev.claim(project)
