@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import tiny_segmentation
+from .harness import tiny_segmentation, wait_for_consensus
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
@@ -24,10 +24,11 @@ def test_no_server_errors_under_fuzzing(queue, tiny_image_file, tmp_path):
         admin.set_roles(project, reader.name, "annotator")
     # not an annotator: a case's readers are blind to it, and the fuzzer must reach what a reviewer sees
     admin.set_roles(project, "admin", "reviewer", "admin")
-    admin.upload_case(project, tiny_image_file, "fuzz-case")
+    case = admin.upload_case(project, tiny_image_file, "fuzz-case")
     for seed, reader in enumerate(readers):
         path = tiny_segmentation(tmp_path / f"r{seed}.seg.nrrd", seed=seed)
         assert reader.submit(project, reader.claim(project), path).status_code == 201
+    wait_for_consensus(admin, project, case["id"])
     assert admin.claim(project)["kind"] == "review"  # case 1 in review, with its consensus
     admin.upload_case(project, tiny_image_file, "fuzz-case-2")
     assert readers[0].claim(project) is not None
