@@ -1,0 +1,111 @@
+"""Every shell and Python block of README.md and docs/*.md runs, as a new user would run it.
+
+Each page runs in a fresh workspace (see ``runner``): nothing but ``.venv`` and the sample scans that
+``medannot sample-data`` would fetch. A block that cannot run here is marked ``skip`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from MedAnnotAssistLib.core.sample_data import LABELS_FILE, MANIFEST_FILE, SAMPLE_FILES
+from Testing.docs.runner import PAGES, REPO, blocks, failing_block, run_page
+
+pytestmark = pytest.mark.slow
+
+RUNNABLE_PAGES = [page for page in PAGES if any(block.runs for block in blocks(page))]
+_COMMAND_START = re.compile(r"^\s*(\.venv/bin/|medannot |curl |make |python3? )", re.M)
+
+
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory, sample_dir) -> Path:
+    """``var/sample-data`` as ``medannot sample-data`` leaves it (files and manifest), from ../shared."""
+    import hashlib
+
+    cache = tmp_path_factory.mktemp("doc-sample-data")
+    for name in [*SAMPLE_FILES, LABELS_FILE]:
+        (cache / name).symlink_to(sample_dir / name)
+    digests = {name: hashlib.sha256((cache / name).read_bytes()).hexdigest() for name in [*SAMPLE_FILES, LABELS_FILE]}
+    (cache / MANIFEST_FILE).write_text(json.dumps({"source": "../shared (tests)", "sha256": digests}))
+    for extra in ("example_ct_dicom", "example_seg_dicom.nii.gz"):
+        (cache / extra).symlink_to(sample_dir / extra)
+    return cache
+
+
+def _workspace(root: Path, cache: Path) -> tuple[Path, dict[str, str]]:
+    workspace = root / "workspace"
+    (workspace / "var").mkdir(parents=True)
+    (workspace / ".venv").symlink_to(REPO / ".venv")
+    shutil.copytree(cache, workspace / "var" / "sample-data", symlinks=True)
+    home = root / "home"
+    home.mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("MEDANNOT_") and key not in ("VIRTUAL_ENV", "PYTHONHOME")
+    }
+    # a new user's shell: the venv is not activated, so a bare `medannot` in a page fails here too
+    venv_bin = str(REPO / ".venv" / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), PYTHONDONTWRITEBYTECODE="1")
+    return workspace, env
+
+
+@pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_page_runs(page, tmp_path, sample_cache):
+    workspace, env = _workspace(tmp_path, sample_cache)
+    status, output = run_page(blocks(page), workspace, env)
+    assert status == 0, f"{failing_block(output)} failed (exit {status}):\n{output[-6000:]}"
+
+
+def test_every_skip_says_why():
+    vague = [b.where for page in PAGES for b in blocks(page) if b.marker == "skip" and len(b.argument or "") < 15]
+    assert vague == []
+
+
+def test_markers_are_known():
+    unknown = [
+        f"{b.where}: {b.marker}"
+        for page in PAGES
+        for b in blocks(page)
+        if b.marker not in (None, "skip", "background", "exit")
+    ]
+    assert unknown == []
+
+
+def test_commands_are_in_runnable_blocks():
+    """A block that shows commands is tagged sh, bash or python, so the runner cannot miss it."""
+    untagged = [b.where for page in PAGES for b in blocks(page) if not b.language and _COMMAND_START.search(b.text)]
+    assert untagged == []
+
+
+def test_commands_name_the_venv():
+    """`medannot` is not on PATH until the venv is activated: pages write `.venv/bin/medannot`."""
+    bare = [
+        f"{b.where}: {line.strip()}"
+        for page in PAGES
+        for b in blocks(page)
+        if b.language in ("sh", "bash")
+        for line in b.text.splitlines()
+        if re.match(r"^\s*medannot\b", line) or re.search(r"[;&|(]\s*medannot\b", line)
+    ]
+    assert bare == []
+
+
+def test_the_runner_reports_the_failing_block(tmp_path, sample_cache):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```sh\nGREETING=hello\n```\n\n<!-- doc-test: exit 3 -->\n```sh\nexit 3\n```\n\n"
+        "```python\nprint('python runs')\n```\n\n```sh\necho $GREETING\nfalse\n```\n"
+    )
+    workspace, env = _workspace(tmp_path, sample_cache)
+    status, output = run_page(blocks(page), workspace, env)
+    assert status != 0
+    assert "python runs" in output and "hello" in output
+    assert failing_block(output).endswith("page.md:14")
