@@ -6,7 +6,6 @@ Each page runs in a fresh workspace (see ``runner``): nothing but ``.venv`` and 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from MedAnnotAssistLib.core.sample_data import LABELS_FILE, MANIFEST_FILE, SAMPLE_FILES
+from MedAnnotAssistLib.core.sample_data import LABELS_FILE, SAMPLE_FILES, SAMPLE_SERIES, write_manifest
 from Testing.docs.runner import PAGES, REPO, blocks, failing_block, run_page
 
 pytestmark = pytest.mark.slow
@@ -26,15 +25,14 @@ _COMMAND_START = re.compile(r"^\s*(\.venv/bin/|medannot |curl |make |python3? )"
 @pytest.fixture(scope="session")
 def sample_cache(tmp_path_factory, sample_dir) -> Path:
     """``var/sample-data`` as ``medannot sample-data`` leaves it (files and manifest), from ../shared."""
-    import hashlib
-
     cache = tmp_path_factory.mktemp("doc-sample-data")
     for name in [*SAMPLE_FILES, LABELS_FILE]:
         (cache / name).symlink_to(sample_dir / name)
-    digests = {name: hashlib.sha256((cache / name).read_bytes()).hexdigest() for name in [*SAMPLE_FILES, LABELS_FILE]}
-    (cache / MANIFEST_FILE).write_text(json.dumps({"source": "../shared (tests)", "sha256": digests}))
-    for extra in ("example_ct_dicom", "example_seg_dicom.nii.gz"):
-        (cache / extra).symlink_to(sample_dir / extra)
+    for folder in SAMPLE_SERIES:
+        (cache / folder).mkdir()
+        for path in (sample_dir / folder).iterdir():
+            (cache / folder / path.name).symlink_to(path)
+    write_manifest(cache)
     return cache
 
 
