@@ -19,6 +19,7 @@ that happens to run on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,26 +132,36 @@ def script(page_blocks: list[Block], port: int) -> str:
 
 
 def run_page(page_blocks: list[Block], workspace: Path, env: dict[str, str], timeout: float = 900):
-    """Run the page's blocks in ``workspace``; returns (exit status, combined output)."""
+    """Run the page's blocks in ``workspace``; returns (exit status, combined output). Whatever a page
+    left running (a server started with ``&``) is stopped with the page's process group."""
     port = free_port()
     path = workspace / "page.sh"
     path.write_text(script(page_blocks, port))
-    process = subprocess.Popen(
-        ["bash", str(path)],
-        cwd=workspace,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        return -1, output + f"\n(timed out after {timeout} s)"
-    return process.returncode, output
+    log = workspace / "page.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            ["bash", str(path)], cwd=workspace, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            status = -1
+        finally:
+            _stop_group(process.pid, signal.SIGKILL if status == -1 else signal.SIGTERM)
+            process.wait()
+    output = log.read_text(errors="replace")
+    return status, output + (f"\n(timed out after {timeout} s)" if status == -1 else "")
+
+
+def _stop_group(group: int, first: signal.Signals, grace: float = 15.0) -> None:
+    """Signal a process group and wait until it is gone (a server frees its port), killing it after ``grace``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, first)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.killpg(group, 0)
+            time.sleep(0.1)
+        os.killpg(group, signal.SIGKILL)
 
 
 def failing_block(output: str) -> str:
