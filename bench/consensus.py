@@ -10,7 +10,8 @@ eroded, dilated, and shifted with a missed slice. Each method runs in its own sp
 time, peak RSS over the RSS after loading; values are checked against ours afterwards, untimed.
 Prints the tables and writes the "Consensus" section of docs/benchmarks.md.
 
-Run: ``make bench`` or ``.venv/bin/python -m bench.consensus [--quick] [--repeats 3] [--big-repeats 1]``.
+Run: ``make bench`` or ``.venv/bin/python -m bench.consensus [--quick] [--repeats 3] [--big-repeats 1]``;
+``--only staple`` (or ``metrics``) runs one task and rewrites only its tables in that section.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import psutil
 import SimpleITK as sitk
 import surface_distance as sd
 from scipy import ndimage
-from seg_metrics import seg_metrics as sg
 
 from bench.benchdoc import replace_section
 from MedAnnotAssistLib.core.consensus import MARGIN, compute_consensus
@@ -202,6 +202,8 @@ def segmetrics(data, sink, budget_s=900.0):
     """All of seg-metrics' metrics, one call per pair and structure. Stops after the first pair whose average
     projects a full pass beyond ``budget_s``; above SLAB_ABOVE voxels only readers 1-2 on SLAB slices through
     each structure's middle are timed. The caller extrapolates the time by ``sink.scale``."""
+    from seg_metrics import seg_metrics as sg  # here: `--only staple` runs without the bench extras
+
     labelmaps, geometry = data
     slab = labelmaps[0].size > SLAB_ABOVE
     start, done = time.perf_counter(), 0
@@ -231,7 +233,8 @@ def ours_staple(data, sink):
         masks = [reader.mask(sid, box) for reader in readers]
         result = staple(masks, outside_voxels=labelmaps[0].size - masks[0].size)
         sink.put(sid, lambda sid=sid, r=result: {"probability": sink.array(f"ours-{sid}", r.probability),
-                 "sensitivity": r.sensitivity, "iterations": r.iterations, "converged": r.converged})  # fmt: skip
+                 "sensitivity": r.sensitivity, "specificity": r.specificity, "iterations": r.iterations,
+                 "converged": r.converged})  # fmt: skip
 
 
 def sitk_staple(data, sink):
@@ -244,6 +247,7 @@ def sitk_staple(data, sink):
         fusion.SetForegroundValue(1.0)
         image = fusion.Execute([labels == value for labels in images])
         sink.put(sid, lambda sid=sid, f=fusion, image=image: {"sensitivity": f.GetSensitivity(),
+                 "specificity": f.GetSpecificity(),
                  "probability": sink.array(f"sitk-{sid}", sitk.GetArrayViewFromImage(image)[sink.boxes[sid]]),
                  "iterations": f.GetElapsedIterations()})  # fmt: skip
 
@@ -312,16 +316,18 @@ def check(method: str, results: dict) -> str:
 def check_staple(mine: dict, theirs: dict) -> str:
     """Probabilities compared in the union boxes: their margins hold the all-background pattern, the only
     pattern outside them."""
-    probability, sensitivity = {}, 0.0
+    probability, rates = {}, 0.0
     for sid in STRUCTURES:
         a, b = mine[sid], theirs[sid]
         probability[sid] = float(np.abs(np.load(a["probability"]) - np.load(b["probability"])).max())
-        sensitivity = max(sensitivity, float(np.abs(np.subtract(a["sensitivity"], b["sensitivity"])).max()))
+        for key in ("sensitivity", "specificity"):
+            rates = max(rates, float(np.abs(np.subtract(a[key], b[key])).max()))
     worst = max(probability, key=probability.get)
-    a, b = mine[worst], theirs[worst]
-    return (f"max abs diff: probability {probability[worst]:.2g} ({worst}: SimpleITK stopped after "
-            f"{b['iterations']} iterations, ours after {a['iterations']}{'' if a['converged'] else ' (its cap)'}); "
-            f"sensitivities {sensitivity:.2g}")  # fmt: skip
+    steps = [(theirs[sid]["iterations"] + 1, mine[sid]["iterations"]) for sid in STRUCTURES]
+    same = sum(itk == ours and mine[sid]["converged"] for sid, (itk, ours) in zip(STRUCTURES, steps, strict=True))
+    return (f"max abs diff: probability {probability[worst]:.2g} ({worst}), sensitivities and specificities "
+            f"{rates:.2g}; same number of iterations in {same} of {len(STRUCTURES)} structures "
+            f"(up to {max(itk for itk, _ in steps)})")  # fmt: skip
 
 
 def table(task: str, results: dict, repeats: int) -> str:
@@ -374,7 +380,6 @@ def dataset_line(meta: dict) -> str:
 
 
 NOTES = """\
-Notes:
 - Readers 1-2: TotalSegmentator's full and fast models of `example_ct_sm`; 3-5: reader 1 eroded by one voxel,
   dilated by one voxel, shifted one voxel along j with its middle slice missed. Structures: {structures}.
   Surface Dice at 2 mm, HD95 at 95 %. Every method starts from the uint8 labelmaps, in its own spawned process.
@@ -392,6 +397,17 @@ Notes:
 """
 
 
+def only_note(args, load_before: float) -> str:
+    git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return (
+        f"Re-measured alone on {datetime.date.today():%Y-%m-%d} (`.venv/bin/python -m bench.consensus --only "
+        f"{args.only}`), our code at `{git.stdout.strip() or 'unknown'}`. The machine's {os.cpu_count()} cores "
+        f"were shared with other work (1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+        "after), so the seconds are noisy: where a method's CPU seconds fall short of its seconds, it waited for "
+        "a core.\n\n"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per method on the sample grid (best kept)")
@@ -399,18 +415,20 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="the sample grid only")
     parser.add_argument("--segmetrics-budget", type=float, default=900.0, help="seconds before extrapolating")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md", help="markdown to update")
+    parser.add_argument("--only", choices=list(TASKS), help="run this task only and rewrite only its tables")
     args = parser.parse_args(argv)
     if not (DATA / "example_seg.nii.gz").is_file():
         sys.exit(f"no sample data in {DATA} (set MEDANNOT_SHARED_DATA)")
     started, context = time.perf_counter(), mp.get_context("spawn")
+    tasks = {args.only: TASKS[args.only]} if args.only else TASKS
     out = [f"## Consensus\n\nMeasured on {datetime.date.today():%Y-%m-%d} by `bench/consensus.py`.", machine()]
     with tempfile.TemporaryDirectory(prefix="medannot-bench-") as tmp:
         datasets = prepare(Path(tmp), args.quick)
         out.append("Datasets (5 readers, 10 structures, 10 reader pairs):\n" + "\n".join(map(dataset_line, datasets)))
         for index, meta in enumerate(datasets):
             repeats = args.repeats if index == 0 else args.big_repeats
-            for task, methods in TASKS.items():
-                results = {}
+            for task, methods in tasks.items():
+                results, load_before = {}, os.getloadavg()[0]
                 for method in methods:  # each in a fresh process, one at a time
                     print(f"[{time.perf_counter() - started:7.1f} s] {meta['name']}: {method}", flush=True)
                     receive, send = context.Pipe(duplex=False)
@@ -420,12 +438,19 @@ def main(argv=None) -> None:
                     results[method] = receive.recv()
                     process.join()
                 title = "Pairwise metrics" if task == "metrics" else "STAPLE"
-                out.append(f"### {title}, {meta['name']}\n\n{table(task, results, repeats)}")
+                alone = only_note(args, load_before) if args.only else ""
+                out.append(f"### {title}, {meta['name']}\n\n{alone}{table(task, results, repeats)}")
                 print(f"\n{out[-1]}\n", flush=True)
+                if args.only:
+                    replace_section(args.doc, out[-1], parent="## Consensus")
+    if args.only:
+        print(f"wrote {args.only} into {args.doc} ({time.perf_counter() - started:.0f} s)")
+        return
     total = time.perf_counter() - started
     quick = " --quick" if args.quick else ""
     out.append(
-        f"Whole run: {total / 60:.1f} min. Reproduce: `make bench` (`.venv/bin/python -m bench.consensus{quick}`)."
+        f"### Run and notes\n\nWhole run: {total / 60:.1f} min. Reproduce: `make bench` "
+        f"(`.venv/bin/python -m bench.consensus{quick}`)."
     )
     out.append(NOTES.format(structures=", ".join(STRUCTURES), budget=args.segmetrics_budget,
                             slab_above=SLAB_ABOVE, slab=SLAB, long=LONG_RUN_S))  # fmt: skip

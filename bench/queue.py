@@ -110,8 +110,15 @@ def _claimer(client: dict, start_at: float, stop_at: float, out: list) -> None:
     out.append({"claims": claims, "releases": releases, "empty": empty, "errors": errors[:5]})
 
 
+# the synthetic segmentation is one liver box: the protocol's other required organs are missing
+OVERRIDES = [
+    {"structure": s, "reason": "synthetic benchmark segmentation"}
+    for s in ("liver", "spleen", "kidney_left", "kidney_right", "pancreas", "aorta")
+]
+
+
 def _multipart(boundary: str, lease_id: str, seg: bytes) -> bytes:
-    metadata_json = json.dumps({"time_spent_s": 1.0, "client": "bench/queue.py"})
+    metadata_json = json.dumps({"time_spent_s": 1.0, "client": "bench/queue.py", "overrides": OVERRIDES})
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="lease_id"\r\n\r\n{lease_id}\r\n'.encode(),
         f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n{metadata_json}\r\n'.encode(),

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from .accounts import create_user, grant, project_named, revoke_tokens, user_named
-from .audit import AuditVerdict, verify
+from .audit import AuditChain, AuditVerdict, Checkpoint, bind_key, checkpoint_now, verify
 from .db import Database, migrate
-from .settings import Settings
+from .settings import Settings, private_data_dir
 
 CLI = "cli"
 
 
 def _database(settings: Settings) -> Database:
+    """Migrated, with the audit key bound (``AuditKeyError`` if it is missing or not the chain's)."""
+    private_data_dir(settings)
     migrate(settings.url)
-    return Database(settings.url)
+    database = Database(settings.url, AuditChain.from_settings(settings))
+    try:
+        bind_key(database)
+    except BaseException:
+        database.dispose()
+        raise
+    return database
 
 
 def add_user(settings: Settings, name: str, email: str | None, site_admin: bool, expires_in_s: float | None) -> str:
@@ -43,10 +54,16 @@ def revoke(settings: Settings, name: str) -> int:
         database.dispose()
 
 
-def verify_audit(settings: Settings) -> AuditVerdict:
+def verify_audit(
+    settings: Settings, anchors: Sequence[Path] = (), export: bool = False
+) -> tuple[AuditVerdict, Checkpoint | None]:
+    """Verify the chain against the checkpoint file and ``anchors``; ``export``: then sign a checkpoint of
+    the verified head (appended to the checkpoint file, returned to be kept elsewhere)."""
     database = _database(settings)
     try:
+        if export:
+            return checkpoint_now(database, anchors)
         with database.reading() as session:
-            return verify(session)
+            return verify(session, database.chain, anchors), None
     finally:
         database.dispose()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import __version__, errors
+from . import __version__, audit, docs_pages, errors, worker
+from .access_log import uvicorn_log_config
 from .blobs import BlobStore
 from .db import Database, migrate
-from .routes import cases, projects, system, tasks
+from .jsonlimits import JsonBodyLimits
+from .routes import cases, jobs, projects, system, tasks
 from .services import Services
-from .settings import Settings
+from .settings import Settings, private_data_dir
 
 log = logging.getLogger("medannotassist_server")
 
@@ -21,32 +25,55 @@ tasks with leases, review, an audit chain and exports. Every endpoint except `/a
 `Authorization: Bearer <token>`. Errors are JSON `{"code", "message", ...}`. See docs/queue-api.md."""
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    async with worker.lifespan(app):  # this process's consensus job threads
+        yield
+    # on shutdown, after the job threads stopped: the newest rows this process committed get their checkpoint
+    chain = app.state.services.database.chain
+    if chain is not None:
+        chain.flush()
+
+
 def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = database or Database(settings.url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    database = database or Database(settings.url, audit.AuditChain.from_settings(settings))
     blobs = BlobStore(settings.blob_dir)
-    app = FastAPI(title="MedAnnotAssist task queue", version=__version__, description=DESCRIPTION)
+    app = FastAPI(
+        title="MedAnnotAssist task queue",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=_lifespan,
+    )
+    docs_pages.install(app)
     app.state.services = Services(settings, database, blobs)
     errors.install(app)
+    app.add_middleware(JsonBodyLimits)  # inside the upload limit: that one counts the bytes first
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)
     # routes are tried in order: the tasks router (claim, heartbeat, release: the busiest paths) first; no
     # path of it matches a route of the others, so the order changes nothing else
-    for module in (tasks, system, projects, cases):
+    for module in (tasks, system, projects, cases, jobs):
         app.include_router(module.router)
     return app
 
 
 def prepare(settings: Settings) -> Services:
-    """Migrate to head, clear old stray uploads and finish cases a crash left between steps."""
+    """Migrate to head, bind the audit key (made on the first start), clear old stray uploads and queue the
+    consensus of cases a crash left unqueued."""
     from .consensus_step import reconcile
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.url)
-    services = Services(settings, Database(settings.url), BlobStore(settings.blob_dir))
+    services = Services(
+        settings, Database(settings.url, audit.AuditChain.from_settings(settings)), BlobStore(settings.blob_dir)
+    )
+    audit.bind_key(services.database)
     services.blobs.clean_temporary()
     finished = reconcile(services)
     if finished:
-        log.info("reconciled %d case(s) whose readers were all in", finished)
+        log.info("queued the consensus of %d case(s) whose readers were all in", finished)
     services.database.dispose()
     return services
 
@@ -65,6 +92,10 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warning = settings.remote_warning()  # RemoteHostRefusedError before anything is touched
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    private_data_dir(settings)
     prepare(settings)
     database = "sqlite" if settings.url.startswith("sqlite") else "postgresql"
     log.info(
@@ -76,8 +107,11 @@ def serve(settings: Settings) -> None:
         "" if settings.workers == 1 else "es",
     )
     options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "timeout_keep_alive": 30}
+    options["log_config"] = uvicorn_log_config()
     if settings.workers > 1:
         settings.data_dir = settings.data_dir.resolve()
+        settings.audit_key_file = str(settings.audit_key_path.resolve())
+        settings.audit_checkpoint_file = str(settings.audit_checkpoint_path.resolve())
         os.environ.update(settings.environment())
         uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
         return

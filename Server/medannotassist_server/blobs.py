@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -88,15 +89,21 @@ class BlobStore:
         return sha256, self.adopt(path, sha256, suffix)
 
     def clean_temporary(self, older_than_s: float = 3600.0) -> int:
-        """Remove uploads a killed process left behind (old ones only: a replica may be writing now)."""
+        """Remove uploads and work folders (DICOM unpacking, review finals) a killed process left behind (old
+        ones only: a replica may be writing now)."""
         removed, cutoff = 0, time.time() - older_than_s
-        for stray in self.tmp.glob("upload-*"):
-            try:
-                if stray.stat().st_mtime < cutoff:
-                    stray.unlink()
+        for pattern in ("upload-*", "dicom-*", "final-*"):
+            for stray in self.tmp.glob(pattern):
+                try:
+                    if stray.lstat().st_mtime >= cutoff:
+                        continue
+                    if stray.is_dir() and not stray.is_symlink():
+                        shutil.rmtree(stray)
+                    else:
+                        stray.unlink()
                     removed += 1
-            except FileNotFoundError:
-                pass
+                except FileNotFoundError:
+                    pass
         return removed
 
 

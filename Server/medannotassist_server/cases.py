@@ -3,6 +3,10 @@ and an optional AI pre-segmentation whose uncertainty becomes the case's priorit
 
 A DICOM series (a zip) is de-identified on ingest by ``dicom_ingest`` and stored as one NRRD volume
 through ``store_received_image``, like any other upload.
+
+An image is stored once by content but belongs to the projects it was uploaded to (``project_images``):
+a case refers only to an image of its own project, and another project's image is answered exactly as
+one never uploaded, so a sha256 does not tell what other projects hold.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from sqlalchemy import select, update
 
 from . import audit
 from .auth import Caller
+from .db import insert_new
 from .errors import ApiError, not_found
-from .models import ANNOTATE, QUEUED, Case, Image, Project, Task
+from .models import ANNOTATE, QUEUED, Case, Image, Project, ProjectImage, Task
 from .services import Services, protocol_of
 from .uploads import (
     IMAGE_SUFFIXES,
@@ -29,34 +34,53 @@ from .uploads import (
 )
 
 
-def store_image(services: Services, caller: Caller, upload: UploadFile) -> dict:
-    """Check and store an image once by content; returns its sha256 and grid."""
+def store_image(services: Services, caller: Caller, upload: UploadFile, *, project_id: int) -> dict:
+    """Check and store an image once by content, as an image of the project; returns its sha256 and grid."""
     filename, suffix = checked_filename(upload.filename, IMAGE_SUFFIXES, "image")
     temporary, sha256, size = receive(services.blobs, upload, suffix, services.settings.max_upload_bytes)
-    return store_received_image(services, caller, temporary, sha256, size, suffix, filename)
+    return store_received_image(services, caller, temporary, sha256, size, suffix, filename, project_id=project_id)
 
 
 def store_received_image(
-    services: Services, caller: Caller, temporary, sha256: str, size: int, suffix: str, filename: str, note=None
+    services: Services,
+    caller: Caller,
+    temporary,
+    sha256: str,
+    size: int,
+    suffix: str,
+    filename: str,
+    note=None,
+    *,
+    project_id: int,
 ) -> dict:
-    """Store an image file already in the blob store's temporary folder (consumed); ``note`` goes to the audit."""
+    """Store an image file already in the blob store's temporary folder (consumed) and link it to the
+    project (the same bytes uploaded before, here or elsewhere, are linked, not stored again); ``note``
+    goes to the audit."""
     try:
         with services.database.reading() as session:
             known = session.get(Image, sha256)
-        if known is not None:
-            return image_view(known)
-        geometry = check_image(temporary, suffix, filename, services.settings.max_voxels)
-        services.blobs.adopt(temporary, sha256, suffix)
+        if known is None:
+            settings = services.settings
+            geometry = check_image(temporary, suffix, filename, settings.max_voxels, settings.max_image_bytes)
+            services.blobs.adopt(temporary, sha256, suffix)
     finally:
         temporary.unlink(missing_ok=True)
     with services.database.writing() as session:
         image = session.get(Image, sha256)
-        if image is None:
+        created = image is None
+        if created:
             image = Image(sha256=sha256, suffix=suffix, size_bytes=size, geometry_json=geometry_json(geometry))
             session.add(image)
             session.flush()
+        link = insert_new(ProjectImage, not services.database.is_sqlite)
+        linked = session.execute(link.values(project_id=project_id, image_sha256=sha256)).rowcount == 1
+        if created:
             after = {"size_bytes": size} | (note or {})
-            audit.record(session, caller.name, "image.create", "image", sha256, None, after)
+            audit.record(session, caller.name, "image.create", "image", sha256, None, after, project_id)
+        elif linked:
+            audit.record(
+                session, caller.name, "image.link", "image", sha256, None, {"project_id": project_id}, project_id
+            )
         return image_view(image)
 
 
@@ -79,13 +103,18 @@ def add_cases(session, caller: Caller, project: Project, specs: list[dict]) -> l
     if existing:
         shown = ", ".join(sorted(existing)[:10])
         raise ApiError(409, "case_exists", f"cases already in the project: {shown}", cases=sorted(existing)[:100])
-    images = {spec["image_sha256"] for spec in specs if spec.get("image_sha256")}
+    images = sorted({spec["image_sha256"] for spec in specs if spec.get("image_sha256")})
     known = set()
-    for image in images:
-        if session.get(Image, image) is not None:
-            known.add(image)
-    if images - known:
-        missing = sorted(images - known)
+    for start in range(0, len(images), 500):
+        known.update(
+            session.execute(
+                select(ProjectImage.image_sha256).where(
+                    ProjectImage.project_id == project.id, ProjectImage.image_sha256.in_(images[start : start + 500])
+                )
+            ).scalars()
+        )
+    if set(images) - known:
+        missing = sorted(set(images) - known)
         raise ApiError(422, "unknown_image", f"no stored image {missing[0]}: upload it first (POST .../images)")
     for spec in specs:
         if bool(spec.get("image_sha256")) == bool(spec.get("dicomweb")):
@@ -146,7 +175,10 @@ def attach_ai_segmentation(
     temporary, sha256, size = receive(services.blobs, upload, ".seg.nrrd", services.settings.max_upload_bytes)
     try:
         geometry = geometry_from_json(image.geometry_json) if image else None
-        check_segmentation(temporary, filename, protocol_of(project), geometry, services.settings.max_voxels, "ai")
+        settings = services.settings
+        check_segmentation(
+            temporary, filename, protocol_of(project), geometry, settings.max_voxels, "ai", settings.max_image_bytes
+        )
         services.blobs.adopt(temporary, sha256, ".seg.nrrd")
     finally:
         temporary.unlink(missing_ok=True)

@@ -3,7 +3,11 @@
 A task is free when it is queued, or leased with ``lease_expires_at`` in the past: expiry is decided at
 claim time, so no background job has to run. Each claim draws a new ``lease_id`` (the fencing token):
 heartbeat, release and submit must present it, so a client whose lease expired and was claimed again by
-someone else is refused (409 ``lease_lost``). An expired lease that nobody claimed yet still works.
+someone else is refused (409 ``lease_lost``); the holder sending another id is told so (409
+``lease_mismatch``). An expired lease that nobody claimed yet still works.
+
+Separation of duties (``duties``): an annotate claim records its reader of the case, and a review claim
+skips the cases the reviewer reads.
 
 Atomicity: on SQLite the write transaction begins IMMEDIATE (one writer at a time, across threads and
 processes); on PostgreSQL the candidate row is locked ``FOR UPDATE SKIP LOCKED`` so concurrent claimers
@@ -24,8 +28,9 @@ from sqlalchemy.orm import Session, aliased
 from . import audit
 from .auth import Caller
 from .db import Database
+from .duties import record_reader
 from .errors import ApiError, not_found
-from .models import ANNOTATE, LEASED, QUEUED, SUBMITTED, Task, utcnow
+from .models import ANNOTATE, LEASED, QUEUED, REVIEW, SUBMITTED, CaseReader, Task, utcnow
 
 CLAIM_LOCK_KEY = 7_420_002
 
@@ -86,6 +91,9 @@ def _candidate(kind: str, expired: bool, postgres: bool):
     )
     if kind == ANNOTATE:
         query = query.where(~holds_one_of_case)
+    elif kind == REVIEW:  # a case's readers never review it
+        their_case = select(CaseReader.case_id).where(CaseReader.user_id == user_id, CaseReader.case_id == Task.case_id)
+        query = query.where(~their_case.exists())
     return query.with_for_update(skip_locked=True, of=Task) if postgres else query
 
 
@@ -142,6 +150,8 @@ def claim(database: Database, caller: Caller, project_id: int, kinds: list[str],
                 break
         else:
             return None
+        if taken.kind == ANNOTATE:
+            connection.execute(record_reader(not database.is_sqlite), {"user_id": caller.id, "case_id": taken.case_id})
         audit.record(
             session,
             caller.name,
@@ -162,6 +172,13 @@ def explain_refusal(session: Session, caller: Caller, project_id: int, task_id: 
         return not_found("task", task_id)
     if task.state == SUBMITTED and task.holder_id == caller.id and task.lease_id == lease_id:
         return ApiError(409, "already_submitted", f"task {task_id} was already submitted with this lease")
+    if task.state == LEASED and task.holder_id == caller.id and task.lease_id != lease_id:
+        return ApiError(
+            409,
+            "lease_mismatch",
+            f"task {task_id}: you hold it under another lease id than the one sent; "
+            f"GET /api/v1/projects/{project_id}/tasks lists your leases with their ids",
+        )
     if task.lease_id != lease_id or task.holder_id != caller.id or task.state != LEASED:
         return ApiError(
             409,

@@ -1,9 +1,13 @@
-"""When the last reader of a case submits: consensus, then a review task (or approval when review is off).
+"""When the last reader of a case submits: a consensus job, then a review task (or approval when review is off).
 
-Consensus is computed outside any transaction (it takes seconds and must not hold SQLite's write lock);
-the result is recorded once per case and round (a unique constraint), and the case moves on only if it
-is still waiting, checked inside the write transaction. If the process dies in between, the submissions
-are safe and ``reconcile`` (run on every start, and by ``POST .../cases/{id}/consensus``) finishes it.
+The submit only queues the job (``after_last_reader``) and answers; a worker (``worker``: a thread of
+``medannot serve``, or ``medannot worker`` processes) runs it: reads the readers' files and the case image,
+computes consensus outside any transaction (it takes seconds and must not hold SQLite's write lock), stores
+the outputs, and records the result once per case and round (a unique constraint); the case moves on only
+if it is still waiting, checked inside the write transaction that also marks the job done. If the process
+dies in between, the submissions are safe: the job's lease expires and another worker takes it, and
+``reconcile`` (run on every start and now and then by idle workers) queues any case whose readers are all
+in but that has no job.
 """
 
 from __future__ import annotations
@@ -11,31 +15,35 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from pathlib import Path
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 
-from MedAnnotAssistLib.core.consensus import compute_consensus
-from MedAnnotAssistLib.core.consensus_files import write_consensus
-from MedAnnotAssistLib.core.labelio import read_reader
+from MedAnnotAssistLib.core.consensus_files import run_consensus
+from MedAnnotAssistLib.core.protocol import Protocol
 
-from . import audit
+from . import audit, jobs
 from .models import (
     ANNOTATE,
     ANNOTATING,
     APPROVED,
+    CONSENSUS,
     IN_REVIEW,
+    JOB_FAILED,
     QUEUED,
     REVIEW,
     SUBMITTED,
     Case,
     ConsensusResult,
+    Image,
+    Job,
     Project,
     Submission,
     Task,
     User,
 )
-from .services import Services, protocol_of
+from .services import Services
 
 log = logging.getLogger("medannotassist_server")
 SYSTEM = "system"
@@ -59,11 +67,38 @@ def latest_submissions(session, case_id: int) -> list[tuple[Submission, str]]:
 
 
 def after_last_reader(services: Services, case_id: int) -> None:
+    """Queue the case's consensus job; the submission is already acknowledged, so a failure here is only
+    logged (``reconcile`` queues it later)."""
     try:
-        advance(services, case_id)
+        enqueue(services, case_id)
     except Exception:
-        # the submission is already acknowledged; the case is finished by reconcile on the next start
-        log.exception("consensus for case %s failed; it will be retried by reconcile", case_id)
+        log.exception("case %s: queueing its consensus failed; reconcile will queue it", case_id)
+
+
+def enqueue(services: Services, case_id: int, actor: str | None = None) -> bool:
+    """Queue the consensus of a case whose readers are all in, for its current round, unless it is queued
+    already; an ``actor`` (an admin) also queues a failed job again. Returns whether a job was queued."""
+    with services.database.writing() as session:
+        case = session.execute(select(Case).where(Case.id == case_id).with_for_update()).scalar_one_or_none()
+        if case is None or not _waiting(session, case_id):
+            return False
+        job, created = jobs.add(session, CONSENSUS, case.project_id, case_id, case.round)
+        before = None if created else job.state
+        if not created and not (actor and job.state == JOB_FAILED):
+            return False
+        if not created:
+            jobs.requeue(job)
+        if actor:
+            after = {"job_id": job.id, "state": job.state, "round": job.round}
+            audit.record(session, actor, "consensus.queue", "case", case_id, {"job": before}, after, case.project_id)
+    jobs.notify()
+    return True
+
+
+def job_view(session, case_id: int) -> dict | None:
+    """The case's latest consensus job: queued, running, failed (with its reason) or done; None before any."""
+    job = jobs.latest(session, CONSENSUS, case_id)
+    return jobs.view(job) if job else None
 
 
 def _waiting(session, case_id: int) -> bool:
@@ -75,52 +110,88 @@ def _waiting(session, case_id: int) -> bool:
     ).scalar()
 
 
-def _compute(services: Services, project: Project, submissions) -> dict:
-    protocol = protocol_of(project)
-    blobs = services.blobs
-    readers = [read_reader(blobs.path(row.sha256, ".seg.nrrd"), protocol, name=name) for row, name in submissions]
-    result = compute_consensus(readers, protocol)
-    with tempfile.TemporaryDirectory(dir=blobs.tmp, prefix="consensus-") as out:
-        written = write_consensus(result, out)
-        consensus, _ = blobs.put_file(written["consensus.seg.nrrd"], ".seg.nrrd")
-        disagreement, _ = blobs.put_file(written["disagreement.nrrd"], ".nrrd")
-        report, _ = blobs.put_file(written["report.html"], ".html")
+def compute_files(reader_paths: list[str], reader_names: list[str], protocol_json: str, image_path, out_dir) -> dict:
+    """The consensus of the readers' files and the report over the case image, written to ``out_dir``; plain
+    arguments and result, so it runs in a child process or on a Dask worker as well as here."""
+    protocol = Protocol.from_json(json.loads(protocol_json), source="project")
+    result, written = run_consensus(reader_paths, protocol, out_dir, reader_names=reader_names, image_path=image_path)
     agreement = result.as_dict()
     for reader in agreement["readers"]:
         reader["file"] = None  # server paths stay on the server
+    return {"agreement": agreement, "files": {name: str(path) for name, path in written.items()}}
+
+
+def compute_inputs(services: Services, case: Case, project: Project, submissions, image: Image | None) -> dict:
+    """``compute_files``' arguments but ``out_dir``, and ``labels``: a name for each input file, which error
+    messages show instead of its path."""
+    blobs = services.blobs  # absolute paths: the compute may run in another working directory (Dask)
+    paths = [str(blobs.path(row.sha256, ".seg.nrrd").resolve()) for row, _ in submissions]
+    labels = {path: f"submission {row.id} ({name})" for path, (row, name) in zip(paths, submissions, strict=True)}
+    image_path = str(blobs.path(image.sha256, image.suffix).resolve()) if image is not None else None
+    if image_path:
+        labels[image_path] = f"the image of case {case.id}"
+    return {
+        "reader_paths": paths,
+        "reader_names": [name for _, name in submissions],
+        "protocol_json": project.protocol_json,
+        "image_path": image_path,
+        "labels": labels,
+    }
+
+
+def store_outputs(services: Services, computed: dict, submissions) -> dict:
+    """The outputs of ``compute_files`` into the blob store: the columns of a ConsensusResult."""
+    put = services.blobs.put_file
+    files = computed["files"]
+    consensus, _ = put(Path(files["consensus.seg.nrrd"]), ".seg.nrrd")
+    disagreement, _ = put(Path(files["disagreement.nrrd"]), ".nrrd")
+    report, _ = put(Path(files["report.html"]), ".html")
     return {
         "consensus_sha256": consensus,
         "disagreement_sha256": disagreement,
         "report_sha256": report,
-        "agreement_json": json.dumps(agreement),
+        "agreement_json": json.dumps(computed["agreement"]),
         "submission_ids_json": json.dumps([row.id for row, _ in submissions]),
     }
 
 
-def advance(services: Services, case_id: int) -> str | None:
-    """Move a case whose readers are all in to review (or approval); returns its new state, if any."""
-    database = services.database
-    with database.reading() as session:
-        if not _waiting(session, case_id):
-            return None
+def advance(services: Services, ticket: jobs.Ticket, worker: str, compute) -> str | None:
+    """Run a consensus job: move its case, if its readers are all in, to review (or approval) and mark the job
+    done. ``compute(inputs)`` returns ``compute_files``' result. Returns the case's new state, if any."""
+    case_id = ticket.case_id
+    with services.database.reading() as session:
         case = session.get(Case, case_id)
-        project = session.get(Project, case.project_id)
-        submissions = latest_submissions(session, case_id)
-        existing = session.execute(
-            select(ConsensusResult).where(ConsensusResult.case_id == case_id, ConsensusResult.round == case.round)
-        ).scalar_one_or_none()
-    computed = _compute(services, project, submissions) if len(submissions) >= 2 and existing is None else None
+        waiting = _waiting(session, case_id) and case.round == ticket.round
+        if waiting:
+            project = session.get(Project, case.project_id)
+            submissions = latest_submissions(session, case_id)
+            image = session.get(Image, case.image_sha256) if case.image_sha256 else None
+            existing = session.execute(
+                select(ConsensusResult).where(ConsensusResult.case_id == case_id, ConsensusResult.round == case.round)
+            ).scalar_one_or_none()
+    if not waiting:  # moved on already (another worker, or a round superseded): nothing left to do
+        with services.database.writing() as session:
+            jobs.finish(session, ticket.id, worker)
+        return None
+    computed = None
+    if len(submissions) >= 2 and existing is None:
+        inputs = compute_inputs(services, case, project, submissions, image)
+        with tempfile.TemporaryDirectory(dir=services.blobs.tmp, prefix="consensus-") as out:
+            computed = store_outputs(services, compute(inputs | {"out_dir": str(Path(out).resolve())}), submissions)
     try:
-        return _record(services, case_id, computed, submissions)
+        return _record(services, case_id, computed, submissions, ticket, worker)
     except IntegrityError:
-        log.info("case %s: consensus already recorded by another process", case_id)
+        log.info("case %s: consensus already recorded by another worker", case_id)
+        with services.database.writing() as session:
+            jobs.finish(session, ticket.id, worker)
         return None
 
 
-def _record(services: Services, case_id: int, computed: dict | None, submissions) -> str | None:
+def _record(services: Services, case_id: int, computed: dict | None, submissions, ticket, worker) -> str | None:
     with services.database.writing() as session:
         case = session.execute(select(Case).where(Case.id == case_id).with_for_update()).scalar_one()
-        if not _waiting(session, case_id):
+        jobs.finish(session, ticket.id, worker)
+        if not _waiting(session, case_id) or case.round != ticket.round:
             return None
         project = session.get(Project, case.project_id)
         consensus = session.execute(
@@ -163,7 +234,8 @@ def move_on(session, case: Case, project: Project, proposal_sha256: str) -> str:
 
 
 def reconcile(services: Services) -> int:
-    """Finish every case whose readers are all in but that did not move on (a crash in between)."""
+    """Queue the consensus of every case whose readers are all in but that has no job for its round (the
+    process died between the last submission and queueing it); returns how many were queued."""
     with services.database.reading() as session:
         pending = (
             session.execute(
@@ -171,11 +243,10 @@ def reconcile(services: Services) -> int:
                     Case.state == ANNOTATING,
                     exists().where(Task.case_id == Case.id, Task.kind == ANNOTATE),
                     ~exists().where(Task.case_id == Case.id, Task.kind == ANNOTATE, Task.state != SUBMITTED),
+                    ~exists().where(Job.kind == CONSENSUS, Job.case_id == Case.id, Job.round == Case.round),
                 )
             )
             .scalars()
             .all()
         )
-    for case_id in pending:
-        after_last_reader(services, case_id)
-    return len(pending)
+    return sum(enqueue(services, case_id) for case_id in pending)

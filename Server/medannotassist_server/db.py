@@ -65,10 +65,12 @@ def make_engine(url: str, writers: bool = False) -> Engine:
 
 class Database:
     """Sessions for one request step: ``reading()`` for a consistent snapshot, ``writing()`` for a change
-    (committed, with its audit events, when the block ends without an exception)."""
+    (committed, with its audit events, when the block ends without an exception). ``chain``: the audit
+    key and checkpoints (``AuditChain.from_settings``); without it, a change with audit events fails."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, chain: audit.AuditChain | None = None):
         self.url = url
+        self.chain = chain
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
@@ -91,12 +93,17 @@ class Database:
         try:
             with self._write() as session, session.begin():
                 yield session
-                audit.write_pending(session)
+                head = audit.write_pending(session, self.chain)
         except PoolTimeoutError:
             # SQLite's writers' queue did not move for as long as the busy timeout: 503, as a busy database
             raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")) from None
+        if head is not None:
+            # committed: only now may a checkpoint say these rows exist
+            self.chain.committed(*head)
 
     def dispose(self) -> None:
+        if self.chain is not None:
+            self.chain.flush()
         self.engine.dispose()
         self._write_engine.dispose()
 
@@ -149,3 +156,10 @@ def migrate(url: str) -> None:
             command.upgrade(alembic_config(url), "head")
     finally:
         engine.dispose()
+
+
+def insert_new(model, postgres: bool):
+    """``INSERT … ON CONFLICT DO NOTHING`` for ``model``: a row that is already there stays, no error."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql.insert if postgres else sqlite.insert)(model).on_conflict_do_nothing()

@@ -30,6 +30,10 @@ QUEUED, LEASED, SUBMITTED, CLOSED = "queued", "leased", "submitted", "closed"
 # Case states.
 ANNOTATING, IN_REVIEW, APPROVED = "annotating", "review", "approved"
 
+# Job kinds and states: server-side work a worker takes from the jobs table (a request never waits for it).
+CONSENSUS = "consensus"
+JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED = "queued", "running", "done", "failed"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -99,6 +103,16 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class ProjectImage(Base):
+    """An image a project may use: images are stored once by content, but reached only through a project
+    that uploaded them (so one project's image sha256 is of no use in another)."""
+
+    __tablename__ = "project_images"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+
+
 class Case(Base):
     __tablename__ = "cases"
     __table_args__ = (UniqueConstraint("project_id", "name"),)
@@ -147,6 +161,17 @@ class Task(Base):
 Index("ix_tasks_queue", Task.project_id, Task.kind, Task.state, Task.priority.desc(), Task.created_at, Task.id)
 
 
+class CaseReader(Base):
+    """Who ever leased an annotate task of a case: blind to its other readers until approval, never its
+    reviewer. A row per (reader, case), written at claim time, because ``Task.holder_id`` forgets a reader
+    on release, expiry and re-claim."""
+
+    __tablename__ = "case_readers"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), primary_key=True)
+
+
 class Submission(Base):
     __tablename__ = "submissions"
     __table_args__ = (UniqueConstraint("reader_id", "idempotency_key"),)
@@ -161,6 +186,8 @@ class Submission(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     metadata_json: Mapped[str] = mapped_column(Text)
+    # the blocking rules it fails, each with the reader's reason to keep it (protocol_rules)
+    overrides_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     request_sha256: Mapped[str] = mapped_column(String(64))
     response_json: Mapped[str] = mapped_column(Text)
@@ -182,6 +209,33 @@ class ConsensusResult(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class Job(Base):
+    """Server-side work (a case's consensus of one round), taken by one worker at a time under a lease."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("kind", "case_id", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(12), default=JOB_QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)  # the last attempt's failure, short, no server paths
+    # the worker holding (or that last held) the job; a running job whose lease expired is taken again
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    run_after: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # the backoff after a failure
+    queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)  # of the latest attempt
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# workers look for queued jobs that are due, and running ones whose lease expired
+Index("ix_jobs_takeable", Job.state, Job.run_after)
+
+
 class Review(Base):
     __tablename__ = "reviews"
 
@@ -194,6 +248,8 @@ class Review(Base):
     structures_json: Mapped[str] = mapped_column(Text)
     returns_json: Mapped[str] = mapped_column(Text)
     final_sha256: Mapped[str | None] = mapped_column(String(64))
+    # the blocking rules the approved final fails, each with the reviewer's reason to keep it
+    overrides_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -211,7 +267,8 @@ class Export(Base):
 
 
 class AuditEvent(Base):
-    """One state change; ``hash`` covers every field and the previous row's hash."""
+    """One state change; ``hash`` (HMAC with the server's audit key) covers every field and the previous
+    row's hash."""
 
     __tablename__ = "audit_events"
 
@@ -230,10 +287,13 @@ class AuditEvent(Base):
 
 class AuditHead(Base):
     """The chain's last sequence number and hash: one row, locked by every writer, so replicas append in
-    one order and a deleted last row shows."""
+    one order and a deleted last row shows. Rows before ``keyed_from`` were hashed without a key (made
+    before revision 0004); ``key_id`` names the key the chain is bound to."""
 
     __tablename__ = "audit_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    keyed_from: Mapped[int] = mapped_column(BigInteger, server_default="1")
+    key_id: Mapped[str | None] = mapped_column(String(16))

@@ -1,4 +1,7 @@
-"""Project progress for dashboards: cases and tasks by state, and per reader throughput and agreement."""
+"""Project progress for dashboards: cases and tasks by state, and per reader throughput and agreement.
+
+``left_out``: the cases the caller reads and that are not approved (a SELECT of their ids), counted apart
+and left out of every figure, so a dashboard does not tell a reader about their case's other readers."""
 
 from __future__ import annotations
 
@@ -9,49 +12,65 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from .models import LEASED, Case, ConsensusResult, Submission, Task, User, utcnow
+from . import jobs, protocol_rules
+from .models import LEASED, Case, ConsensusResult, Review, Submission, Task, User, utcnow
 
 
-def progress(session, project_id: int) -> dict:
+def progress(session, project_id: int, left_out=None) -> dict:
     now = utcnow()
+    blinded = 0
+    if left_out is not None:
+        blinded = session.execute(select(func.count()).select_from(left_out.subquery())).scalar()
+
+    def shown(query, case_id):
+        return query.where(case_id.not_in(left_out)) if blinded else query
+
     cases = dict(
         session.execute(
-            select(Case.state, func.count()).where(Case.project_id == project_id).group_by(Case.state)
+            shown(select(Case.state, func.count()).where(Case.project_id == project_id), Case.id).group_by(Case.state)
         ).all()
     )
     tasks: dict[str, dict[str, int]] = defaultdict(dict)
     for kind, state, count in session.execute(
-        select(Task.kind, Task.state, func.count()).where(Task.project_id == project_id).group_by(Task.kind, Task.state)
+        shown(select(Task.kind, Task.state, func.count()).where(Task.project_id == project_id), Task.case_id).group_by(
+            Task.kind, Task.state
+        )
     ):
         tasks[kind][state] = count
     # an expired lease is claimable again: dashboards count it apart from live leases
-    for kind, count in session.execute(
-        select(Task.kind, func.count())
-        .where(Task.project_id == project_id, Task.state == LEASED, Task.lease_expires_at < now)
-        .group_by(Task.kind)
-    ):
+    expired = select(Task.kind, func.count()).where(
+        Task.project_id == project_id, Task.state == LEASED, Task.lease_expires_at < now
+    )
+    for kind, count in session.execute(shown(expired, Task.case_id).group_by(Task.kind)):
         tasks[kind][LEASED] -= count
         tasks[kind]["lease_expired"] = count
     readers: dict[str, dict] = {}
     day_ago = now - timedelta(days=1)
     submissions = session.execute(
-        select(User.name, Submission.created_at, Submission.metadata_json)
-        .join(User, User.id == Submission.reader_id)
-        .where(Submission.project_id == project_id)
+        shown(
+            select(User.name, Submission.created_at, Submission.metadata_json, Submission.overrides_json)
+            .join(User, User.id == Submission.reader_id)
+            .where(Submission.project_id == project_id),
+            Submission.case_id,
+        )
     ).all()
     times: dict[str, list[float]] = defaultdict(list)
-    for name, created, metadata in submissions:
-        entry = readers.setdefault(name, {"reader": name, "submissions": 0, "last_24h": 0})
+    for name, created, metadata, overrides in submissions:
+        entry = readers.setdefault(name, {"reader": name, "submissions": 0, "last_24h": 0, "overrides": 0})
         entry["submissions"] += 1
+        entry["overrides"] += len(json.loads(overrides))
         entry["last_24h"] += created >= day_ago
         spent = json.loads(metadata).get("time_spent_s")
         if isinstance(spent, (int, float)):
             times[name].append(float(spent))
     dice: dict[str, list[float]] = defaultdict(list)
     agreements = session.execute(
-        select(ConsensusResult.agreement_json)
-        .join(Case, Case.id == ConsensusResult.case_id)
-        .where(Case.project_id == project_id)
+        shown(
+            select(ConsensusResult.agreement_json)
+            .join(Case, Case.id == ConsensusResult.case_id)
+            .where(Case.project_id == project_id),
+            Case.id,
+        )
     ).scalars()
     for text in agreements:
         for structure in json.loads(text).get("structures", {}).values():
@@ -69,7 +88,18 @@ def progress(session, project_id: int) -> dict:
     return {
         "project_id": project_id,
         "cases": {"total": sum(cases.values()), **cases},
+        "blinded_cases": blinded,
         "tasks": dict(tasks),
         "readers": sorted(readers.values(), key=lambda r: r["reader"]),
+        "overrides": _overrides(session, project_id, [row[3] for row in submissions]),
+        "consensus_jobs": jobs.counts(session, project_id),
         "at": now.isoformat() + "Z",
     }
+
+
+def _overrides(session, project_id: int, submitted: list[str]) -> dict:
+    """Blocking rules kept with a reason: by readers in their submissions, by reviewers in approved finals."""
+    reviewed = session.execute(
+        select(Review.overrides_json).join(Case, Case.id == Review.case_id).where(Case.project_id == project_id)
+    ).scalars()
+    return {"submissions": protocol_rules.count(submitted), "reviews": protocol_rules.count(reviewed)}

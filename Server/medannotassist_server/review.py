@@ -14,10 +14,11 @@ from sqlalchemy import select, update
 
 from MedAnnotAssistLib.core.labelio import ReaderLabels, read_reader, write_seg_nrrd
 
-from . import audit
+from . import audit, protocol_rules
 from .auth import Caller
 from .claims import explain_refusal, lease_task
 from .consensus_step import latest_submissions
+from .duties import refuse_own_review
 from .errors import ApiError
 from .models import (
     ANNOTATING,
@@ -44,6 +45,7 @@ from .uploads import SEGMENTATION_SUFFIXES, check_segmentation, checked_filename
 def _context(services: Services, caller: Caller, project_id: int, task_id: int, lease_id: str):
     with services.database.reading() as session:
         task = lease_task(session, caller, project_id, task_id, lease_id, REVIEW)
+        refuse_own_review(session, caller, task.case_id)
         case = session.get(Case, task.case_id)
         project = session.get(Project, project_id)
         image = session.get(Image, case.image_sha256) if case.image_sha256 else None
@@ -64,7 +66,13 @@ def upload_edited(
     try:
         geometry = geometry_from_json(image.geometry_json) if image else None
         check_segmentation(
-            temporary, filename, protocol_of(project), geometry, services.settings.max_voxels, caller.name
+            temporary,
+            filename,
+            protocol_of(project),
+            geometry,
+            services.settings.max_voxels,
+            caller.name,
+            max_bytes=services.settings.max_image_bytes,
         )
         services.blobs.adopt(temporary, sha256, ".seg.nrrd")
     finally:
@@ -85,7 +93,8 @@ def upload_edited(
 
 
 def _final_labels(services, project, consensus, submissions, task, decision: ReviewDecision):
-    """The approved segmentation: one label per protocol structure, in protocol order."""
+    """The approved segmentation (one label per protocol structure, in protocol order) and the reviewer's
+    overrides it needs: it must pass the protocol's blocking rules as a submission must."""
     protocol = protocol_of(project)
     blobs = services.blobs
     by_reader = {name: row for row, name in submissions}
@@ -134,10 +143,13 @@ def _final_labels(services, project, consensus, submissions, task, decision: Rev
         if reader is not None and structure.id in reader.segments:
             labels[reader.mask(structure.id)] = value
             segments.append((value, structure))
+    overrides = [o.model_dump() for o in decision.overrides]
+    values = {structure.id: value for value, structure in segments}
+    needed = protocol_rules.check_final(protocol, labels, geometry, values, overrides)
     with tempfile.TemporaryDirectory(dir=blobs.tmp, prefix="final-") as out:
         path = write_seg_nrrd(Path(out) / "final.seg.nrrd", labels, geometry, segments, protocol)
         sha256, _ = blobs.put_file(path, ".seg.nrrd")
-    return sha256
+    return sha256, needed
 
 
 def decide(services: Services, caller: Caller, project_id: int, task_id: int, decision: ReviewDecision) -> dict:
@@ -145,9 +157,9 @@ def decide(services: Services, caller: Caller, project_id: int, task_id: int, de
         services, caller, project_id, task_id, decision.lease_id
     )
     readers = {name: row for row, name in submissions}
-    final_sha256 = None
+    final_sha256, overrides = None, []
     if decision.decision == "approve":
-        final_sha256 = _final_labels(services, project, consensus, submissions, task, decision)
+        final_sha256, overrides = _final_labels(services, project, consensus, submissions, task, decision)
     else:
         if not decision.returns:
             raise ApiError(422, "invalid_request", "returns: name at least one reader to return the case to")
@@ -205,11 +217,13 @@ def decide(services: Services, caller: Caller, project_id: int, task_id: int, de
             structures_json=json.dumps({k: v.model_dump() for k, v in decision.structures.items()}),
             returns_json=json.dumps(returns),
             final_sha256=final_sha256,
+            overrides_json=json.dumps(overrides),
             created_at=now,
         )
         session.add(review)
         session.flush()
         after = {"state": case.state, "round": case.round, "final_sha256": final_sha256, "returned_to": returns}
+        after |= {"overrides": overrides} if overrides else {}
         audit.record(session, caller.name, f"review.{decision.decision}", "case", case.id, before, after, project_id)
         return {
             "review_id": review.id,
@@ -219,4 +233,5 @@ def decide(services: Services, caller: Caller, project_id: int, task_id: int, de
             "round": case.round,
             "final_sha256": final_sha256,
             "returned_to": [r["reader"] for r in returns],
+            "overrides": overrides,
         }

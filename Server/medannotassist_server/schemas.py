@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from MedAnnotAssistLib.core.protocol_check import RULES
+
 MAX_ID = 2**31 - 1
 
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -101,6 +103,24 @@ class HeartbeatRequest(LeaseRequest):
     lease_seconds: float | None = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
 
 
+class RuleOverride(Body):
+    """Why a segmentation that fails a blocking rule of the protocol is right for this image."""
+
+    structure: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="a structure id of the protocol")
+    rule: Literal[RULES] | None = Field(default=None, description="omitted: every failing rule of the structure")
+    reason: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a reason is required (not blank)")
+        return value
+
+
+Overrides = Annotated[list[RuleOverride], Field(default_factory=list, max_length=256)]
+
+
 class StructureDecision(Body):
     action: Literal["accept_consensus", "take_reader", "edited"]
     reader: str | None = Field(default=None, pattern=USER_PATTERN)
@@ -117,6 +137,7 @@ class ReviewDecision(Body):
     structures: dict[str, StructureDecision] = Field(default_factory=dict, max_length=256)
     returns: list[ReturnToReader] = Field(default_factory=list, max_length=16)
     comment: str | None = Field(default=None, max_length=4000)
+    overrides: Overrides  # the reviewer's, when the approved final fails a blocking rule
 
 
 class ExportRequest(Body):
@@ -141,3 +162,4 @@ class SubmissionMetadata(BaseModel):
     time_spent_s: float = Field(ge=0, le=1e7, allow_inf_nan=False)
     segments: dict[str, SegmentReport] = Field(default_factory=dict, max_length=256)
     client: str | None = Field(default=None, max_length=200)
+    overrides: Overrides  # the reader's, for blocking rules that fail (see protocol_rules)

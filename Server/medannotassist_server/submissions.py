@@ -18,10 +18,11 @@ from fastapi import UploadFile
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import audit, consensus_step
+from . import audit, consensus_step, protocol_rules
 from .auth import Caller
 from .claims import explain_refusal, lease_task
 from .errors import ApiError
+from .jsonlimits import MAX_JSON_BODY_BYTES, parse_json_text
 from .models import ANNOTATE, ANNOTATING, LEASED, SUBMITTED, Case, Image, Project, Submission, Task, utcnow
 from .schemas import SubmissionMetadata
 from .services import Services, protocol_of
@@ -30,17 +31,10 @@ from .uploads import SEGMENTATION_SUFFIXES, check_segmentation, checked_filename
 log = logging.getLogger("medannotassist_server")
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_metadata(text: str | None, protocol) -> dict:
     if text is None or not text.strip():
         raise ApiError(422, "invalid_metadata", "metadata: a JSON object is required (at least time_spent_s)")
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as error:
-        raise ApiError(422, "invalid_metadata", f"metadata: not valid JSON: {error}") from None
+    data = parse_json_text(text, "metadata", "invalid_metadata", MAX_JSON_BODY_BYTES)
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_metadata", "metadata: expected a JSON object")
     try:
@@ -102,18 +96,33 @@ def submit(
     filename, _suffix = checked_filename(upload.filename, SEGMENTATION_SUFFIXES, "segmentation")
     metadata = parse_metadata(metadata_text, protocol)
     temporary, sha256, size = receive(blobs, upload, ".seg.nrrd", settings.max_upload_bytes)
-    request_sha256 = hashlib.sha256(f"{task_id}\n{sha256}\n{audit.canonical(metadata)}".encode()).hexdigest()
-    try:
+    try:  # every way out removes the temporary file (adopt consumes it when the upload is accepted)
+        request_sha256 = hashlib.sha256(f"{task_id}\n{sha256}\n{audit.canonical(metadata)}".encode()).hexdigest()
         if earlier is not None:
             return 201, _stored_response(earlier, request_sha256)
         image_geometry = geometry_from_json(image.geometry_json) if image else None  # DICOMweb: checked on retrieval
-        check_segmentation(temporary, filename, protocol, image_geometry, settings.max_voxels, caller.name)
+        labels = check_segmentation(
+            temporary, filename, protocol, image_geometry, settings.max_voxels, caller.name, settings.max_image_bytes
+        )
+        overrides = protocol_rules.check_submission(protocol, labels, metadata, filename)
+        del labels  # as large as the image: not kept while the submission is recorded
         blobs.adopt(temporary, sha256, ".seg.nrrd")
     finally:
         temporary.unlink(missing_ok=True)
     try:
         status, body, complete = _record(
-            services, caller, project, task, case, lease_id, idempotency_key, sha256, size, metadata, request_sha256
+            services,
+            caller,
+            project,
+            task,
+            case,
+            lease_id,
+            idempotency_key,
+            sha256,
+            size,
+            metadata,
+            request_sha256,
+            overrides,
         )
     except IntegrityError:
         # a concurrent retry with the same key won the race: answer as it was answered
@@ -131,7 +140,7 @@ def submit(
     return status, body
 
 
-def _record(services, caller, project, task, case, lease_id, key, sha256, size, metadata, request_sha256):
+def _record(services, caller, project, task, case, lease_id, key, sha256, size, metadata, request_sha256, overrides):
     project_id = project.id
     with services.database.writing() as session:
         if key:
@@ -168,6 +177,7 @@ def _record(services, caller, project, task, case, lease_id, key, sha256, size, 
                 sha256=sha256,
                 size_bytes=size,
                 metadata_json=audit.canonical(metadata),
+                overrides_json=json.dumps(overrides),
                 idempotency_key=key,
                 request_sha256=request_sha256,
                 response_json="{}",
@@ -195,6 +205,7 @@ def _record(services, caller, project, task, case, lease_id, key, sha256, size, 
             "size_bytes": size,
             "created_at": now.isoformat() + "Z",
             "case_complete": open_tasks == 0,
+            "overrides": overrides,
         }
         session.execute(update(Submission).where(Submission.id == submission_id).values(response_json=json.dumps(body)))
         audit.record(
@@ -204,7 +215,8 @@ def _record(services, caller, project, task, case, lease_id, key, sha256, size, 
             "task",
             task.id,
             {"state": LEASED},
-            {"state": SUBMITTED, "submission_id": submission_id, "sha256": sha256, "version": version},
+            {"state": SUBMITTED, "submission_id": submission_id, "sha256": sha256, "version": version}
+            | ({"overrides": overrides} if overrides else {}),
             project_id,
         )
         return 201, body, needs_consensus
@@ -221,5 +233,6 @@ def submission_view(row: Submission, reader: str) -> dict:
         "sha256": row.sha256,
         "size_bytes": row.size_bytes,
         "metadata": json.loads(row.metadata_json),
+        "overrides": json.loads(row.overrides_json),
         "created_at": row.created_at.isoformat() + "Z",
     }

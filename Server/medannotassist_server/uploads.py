@@ -8,8 +8,12 @@ problem and never the server's own paths.
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import re
+import struct
+import zlib
 from pathlib import Path
 
 from fastapi import UploadFile
@@ -26,6 +30,15 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._ ()+-]{0,199}$")
 _NRRD_MAGIC = re.compile(rb"^NRRD000[1-5]\r?\n")
 NRRD_HEADER_LIMIT = 1024 * 1024
 NRRD_ENCODINGS = {"raw", "gzip", "gz"}
+DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
+# what a labelmap needs: Slicer writes 8-bit layers, 16 bits hold 65,535 labels
+LABEL_PIXEL_TYPES = (
+    "8-bit unsigned integer",
+    "8-bit signed integer",
+    "16-bit unsigned integer",
+    "16-bit signed integer",
+)
+NIFTI1_HEADER_BYTES, NIFTI2_HEADER_BYTES = 348, 540
 
 
 def checked_filename(filename: str | None, suffixes: tuple[str, ...], field: str) -> tuple[str, str]:
@@ -99,8 +112,11 @@ def nrrd_header(path: Path, name: str, code: str) -> dict[str, str]:
     return fields
 
 
-def header_geometry(path: Path, suffix: str, name: str, code: str, max_voxels: int) -> tuple[Geometry, int]:
-    """The grid and number of components from the header alone; refuses absurd sizes before reading."""
+def header_geometry(
+    path: Path, suffix: str, name: str, code: str, max_voxels: int, max_bytes: int
+) -> tuple[Geometry, int, str]:
+    """The grid, number of components and pixel type (SimpleITK's words) from the header alone; refuses
+    absurd sizes, in voxels and in decompressed bytes, before any voxel is read."""
     import SimpleITK as sitk
 
     if suffix.endswith(".nrrd"):
@@ -117,10 +133,23 @@ def header_geometry(path: Path, suffix: str, name: str, code: str, max_voxels: i
     except RuntimeError:
         raise ApiError(422, code, f"{name}: the image header cannot be read") from None
     components = reader.GetNumberOfComponents()
-    _check_voxels([*reader.GetSize(), components], name, max_voxels)
+    sizes = [*reader.GetSize(), components]
+    _check_voxels(sizes, name, max_voxels)
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID()).removeprefix("vector of ")
+    bits = re.search(r"(\d+)-bit", pixel)
+    decompressed = math.prod(sizes) * (int(bits.group(1)) // 8 if bits else 8) * (2 if "complex" in pixel else 1)
+    if decompressed > max_bytes:
+        raise ApiError(
+            422,
+            "image_too_large",
+            f"{name}: {decompressed} bytes once decompressed ({' x '.join(map(str, sizes))} of {pixel}) exceed the "
+            f"limit of {max_bytes}",
+            sizes=sizes,
+            limit_bytes=max_bytes,
+        )
     if len(reader.GetSize()) != 3:
         raise ApiError(422, code, f"{name}: expected a 3D image, got {len(reader.GetSize())} dimensions")
-    return Geometry.of(reader), components
+    return Geometry.of(reader), components, pixel
 
 
 def _check_voxels(sizes, name: str, max_voxels: int) -> None:
@@ -135,13 +164,15 @@ def _check_voxels(sizes, name: str, max_voxels: int) -> None:
         )
 
 
-def check_image(path: Path, suffix: str, name: str, max_voxels: int) -> Geometry:
-    """A case image: readable in full, 3D, scalar, within the size limit."""
+def check_image(path: Path, suffix: str, name: str, max_voxels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> Geometry:
+    """A case image: readable in full, 3D, scalar, within the size limits, its voxel data all there."""
     import SimpleITK as sitk
 
-    geometry, components = header_geometry(path, suffix, name, "invalid_image", max_voxels)
+    geometry, components, _pixel = header_geometry(path, suffix, name, "invalid_image", max_voxels, max_bytes)
     if components != 1:
         raise ApiError(422, "invalid_image", f"{name}: expected a scalar image, got {components} components")
+    if suffix.startswith(".nii"):
+        check_nifti_data(path, name)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -151,11 +182,78 @@ def check_image(path: Path, suffix: str, name: str, max_voxels: int) -> Geometry
     return geometry
 
 
+def check_nifti_data(path: Path, name: str) -> None:
+    """ITK reads a NIfTI whose gzip stream or data is cut short without complaint (the rest zero-filled):
+    the whole stream is decompressed here, in chunks, and must hold every voxel the header declares."""
+    opener = gzip.open if _is_gzip(path) else open
+    total, header = 0, b""
+    try:
+        with opener(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(CHUNK), b""):
+                if len(header) < NIFTI2_HEADER_BYTES:
+                    header += chunk[: NIFTI2_HEADER_BYTES - len(header)]
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+        raise ApiError(422, "invalid_image", f"{name}: the gzip stream is truncated or corrupt") from None
+    expected = _nifti_bytes(header)
+    if expected is None:
+        raise ApiError(422, "invalid_image", f"{name}: not a NIfTI-1 or NIfTI-2 header")
+    if total < expected:
+        raise ApiError(
+            422,
+            "invalid_image",
+            f"{name}: truncated: {total} bytes of NIfTI data where the header declares {expected}",
+        )
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _nifti_bytes(header: bytes) -> int | None:
+    """Where a NIfTI-1 or NIfTI-2 file's voxel data ends: vox_offset + voxels x bitpix / 8; None if no header."""
+    for order in "<>":
+        size = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
+        if size == NIFTI1_HEADER_BYTES and len(header) >= size:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+        elif size == NIFTI2_HEADER_BYTES and len(header) >= size:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0:
+            return None
+        voxels = math.prod(max(extent, 1) for extent in dims[1 : dims[0] + 1])
+        return max(offset, size) + voxels * bitpix // 8
+    return None
+
+
 def check_segmentation(
-    path: Path, name: str, protocol: Protocol, geometry: Geometry | None, max_voxels: int, reader_name: str
+    path: Path,
+    name: str,
+    protocol: Protocol,
+    geometry: Geometry | None,
+    max_voxels: int,
+    reader_name: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ReaderLabels:
-    """A reader's ``.seg.nrrd``: on the case image's grid, every segment a structure of the protocol."""
-    found, _components = header_geometry(path, ".seg.nrrd", name, "invalid_segmentation", max_voxels)
+    """A reader's ``.seg.nrrd``: 8- or 16-bit labels, at most one layer per protocol structure, on the case
+    image's grid, every segment a structure of the protocol."""
+    found, layers, pixel = header_geometry(path, ".seg.nrrd", name, "invalid_segmentation", max_voxels, max_bytes)
+    if pixel not in LABEL_PIXEL_TYPES:
+        raise ApiError(
+            422, "invalid_segmentation", f"{name}: {pixel} voxels; a labelmap is an 8- or 16-bit integer image"
+        )
+    if layers > len(protocol.structures):
+        raise ApiError(
+            422,
+            "invalid_segmentation",
+            f"{name}: {layers} layers, more than protocol {protocol.label}'s {len(protocol.structures)} structures",
+        )
     if "segment0_name" not in nrrd_header(path, name, "invalid_segmentation"):
         raise ApiError(
             422, "invalid_segmentation", f"{name}: no segments in the header (Segment0_Name): not a .seg.nrrd"

@@ -96,3 +96,78 @@ def test_components_count_diagonal_neighbours_as_connected():
     mask[3, 3, 3] = True
     assert count_components(mask) == 2
     assert count_components(np.zeros((2, 2, 2), bool)) == 0
+
+
+# --- the server's path: crops from a file's label layers ----------------------------------------------------
+
+
+def _reader(layers, segments, geometry):
+    from MedAnnotAssistLib.core.labelio import ReaderLabels
+
+    return ReaderLabels("reader", None, geometry, layers, segments)
+
+
+def test_label_layers_give_the_verdicts_of_full_masks(real_readers):
+    """check_reader (bounding boxes of a file's label layers) equals check_masks (one full mask per structure),
+    with a second layer whose label values are too large for one box slot per value."""
+    from MedAnnotAssistLib.core.labelio import Geometry
+    from MedAnnotAssistLib.core.protocol import bundled_protocol
+    from MedAnnotAssistLib.core.protocol_check import check_reader
+    from Testing.readers import ABDOMEN_LABELS
+
+    full, fast, _spacing, image = real_readers
+    protocol = bundled_protocol("abdominal-organs")
+    second = np.zeros(full.shape, np.int32)
+    second[fast == 3] = 70_000  # the fast reader's left kidney, overlapping the first layer's
+    second[(fast == 1) & (full != 1)] = 90_000  # what the fast reader adds to the spleen
+    segments = {sid: (0, value) for value, sid in ABDOMEN_LABELS.items()}
+    segments |= {"kidney_left": (1, 70_000), "spleen": (1, 90_000)}
+    reader = _reader([full, second], segments, Geometry.of(image))
+    masks = {sid: reader.mask(sid) for sid in segments}
+    for absent in ([], ["gallbladder"], ["liver", "superior_mesenteric_artery"]):
+        expected = check_masks(protocol, masks, reader.geometry.ijk_to_ras, declared_absent=absent)
+        assert check_reader(protocol, reader, declared_absent=absent).to_json() == expected.to_json()
+    verdicts = check_reader(protocol, reader)
+    assert verdicts.structure("spleen").components > 1  # only the fast reader's extra voxels
+    assert verdicts.structure("kidney_left").voxels == int(np.count_nonzero(fast == 3))
+
+
+def test_reader_check_works_on_crops_not_volumes():
+    """No structure costs a full-grid copy: the check's peak allocation stays far below the grid's size."""
+    import tracemalloc
+
+    from MedAnnotAssistLib.core.labelio import Geometry
+    from MedAnnotAssistLib.core.protocol_check import check_reader
+
+    labels = np.zeros((200, 256, 256), np.uint8)  # 13 MB: one full bool mask is as large
+    labels[50:80, 100:140, 150:200] = 1
+    labels[50:80, 100:140, 205:210] = 1  # a second liver component
+    lesions = np.zeros_like(labels)  # a second layer, as Slicer writes overlapping segments
+    lesions[60:70, 110:120, 160:170] = 1
+    geometry = Geometry((256, 256, 200), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    reader = _reader([labels, lesions], {"liver": (0, 1), "lesion": (1, 1)}, geometry)
+    p = protocol(liver={"volumeMl": {"min": 1}, "maxComponents": 1, "laterality": {"side": "right"}})
+    tracemalloc.start()
+    try:
+        check = check_reader(p, reader)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r.rule for r in check.structure("liver").blocking] == ["maxComponents", "laterality"]
+    assert check.structure("lesion").state == COMPLETE
+    assert peak < labels.nbytes / 4, f"peak {peak} bytes for a {labels.nbytes}-byte grid"
+    assert check.structure("lesion").results[0].value == 1.0  # inside the liver
+
+
+def test_components_are_the_same_without_cc3d(monkeypatch):
+    """cc3d is optional (Slicer's Python may lack it): SimpleITK then counts the same components."""
+    import sys
+
+    from MedAnnotAssistLib.core import protocol_check
+
+    rng = np.random.default_rng(3)
+    masks = [rng.random((12, 14, 16)) < fraction for fraction in (0.05, 0.2, 0.35)]
+    with_cc3d = [protocol_check._components(m) for m in masks]
+    monkeypatch.setitem(sys.modules, "cc3d", None)  # import cc3d now raises ImportError
+    assert [protocol_check._components(m) for m in masks] == with_cc3d
+    assert len(set(with_cc3d)) == 3 and min(with_cc3d) > 1

@@ -71,6 +71,41 @@ def test_deid_real_series_with_a_stored_key(sample_dir, tmp_path):
     again = medannot("deid", sample_dir / "example_ct_dicom", tmp_path / "again", "-q", env_extra=config)
     assert "project key: read from" in again.stdout
     assert sorted(p.name for p in (tmp_path / "again").rglob("*.dcm")) == [p.name for p in written]
+    # the de-identified series imports as the original did: same grid, same voxels, no local coding scheme left
+    assert not [p.name for p in written if b"USB.PROCEDURES" in p.read_bytes()]
+    for folder, name in ((sample_dir / "example_ct_dicom", "original.nrrd"), (tmp_path / "out", "deid.nrrd")):
+        imported = medannot("dicom-import", folder, tmp_path / name)
+        assert imported.returncode == 0, imported.stderr
+    original, deid = (sitk.ReadImage(str(tmp_path / name)) for name in ("original.nrrd", "deid.nrrd"))
+    assert deid.GetSize() == original.GetSize() == (512, 512, 20)
+    assert deid.GetSpacing() == original.GetSpacing() and deid.GetOrigin() == original.GetOrigin()
+    assert deid.GetDirection() == original.GetDirection()
+    assert (sitk.GetArrayFromImage(deid) == sitk.GetArrayFromImage(original)).all()
+
+
+def test_deid_key_from_the_environment_or_a_file_and_a_warning_on_the_command_line(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", source / "ct.dcm")
+    key = "project-key-9f8e7d"
+    config = {"MEDANNOT_CONFIG_DIR": str(tmp_path / "config")}
+    by_env = medannot("deid", source, tmp_path / "env", "-q", env_extra=config | {"MEDANNOT_PROJECT_KEY": key})
+    assert by_env.returncode == 0, by_env.stderr
+    assert "project key: from the MEDANNOT_PROJECT_KEY environment variable" in by_env.stdout
+    assert by_env.stderr == "" and not (tmp_path / "config").exists()  # no key file created beside it
+    (tmp_path / "key").write_text(key + "\n")
+    by_file = medannot("deid", source, tmp_path / "file", "-q", "--key-file", tmp_path / "key", env_extra=config)
+    assert by_file.returncode == 0 and by_file.stderr == "" and "read from" in by_file.stdout
+    by_argument = medannot("deid", source, tmp_path / "argument", "-q", "--project-key", key, env_extra=config)
+    assert by_argument.returncode == 0
+    assert "warning: --project-key shows the key" in by_argument.stderr and "(ps)" in by_argument.stderr
+    names = [sorted(p.name for p in (tmp_path / run).rglob("*.dcm")) for run in ("env", "file", "argument")]
+    assert names[0] == names[1] == names[2] and len(names[0]) == 1  # one key, one set of UIDs
+    for result in (by_env, by_file, by_argument):
+        assert key not in result.stdout + result.stderr
+    empty = medannot("deid", source, tmp_path / "empty", "-q", env_extra=config | {"MEDANNOT_PROJECT_KEY": " "})
+    assert empty.returncode == 2 and "MEDANNOT_PROJECT_KEY is set but empty" in empty.stderr
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "config").exists()
 
 
 def test_deid_flags_burned_in_risk_with_exit_3_and_json(tmp_path):

@@ -88,4 +88,7 @@ def test_batch_on_a_local_dask_cluster_keeps_going_past_a_bad_scan(sample_dir, t
     assert "failed" in lines["c_mr"] and "EngineError" in lines["c_mr"]
     assert "failed" in lines["d_broken"] and "cannot read as an image" in lines["d_broken"]
     assert result.stdout.splitlines()[-1].startswith("2 ok, 2 failed")
+    assert len(result.stdout.splitlines()) == 6  # header, one line per case, the total
+    for output in (result.stdout, result.stderr):  # a bad case is one line, not a Dask worker's traceback
+        assert "Traceback" not in output and "Compute Failed" not in output, output
     assert sorted(p.name for p in out.glob("*.seg.nrrd")) == ["a_ct.seg.nrrd", "b_dicom.seg.nrrd"]

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from MedAnnotAssistLib.core.labelio import read_reader
 from MedAnnotAssistLib.core.protocol import bundled_protocol
+from MedAnnotAssistLib.core.protocol_check import check_reader
 from MedAnnotAssistLib.mrml import protocol_segments as ps
-from MedAnnotAssistLib.mrml.segmentation import importLabelmapFile, segmentMasks, setSegmentMask
+from MedAnnotAssistLib.mrml.segmentation import (
+    importLabelmapFile,
+    saveSegmentation,
+    segmentIds,
+    segmentMasks,
+    setSegmentMask,
+)
 
 
 @pytest.fixture
@@ -104,3 +112,78 @@ def test_structure_outside_its_parent(context, sample_dir, total_labels):
     _set(node, protocol, "liver_lesion", lesion)
     check = ps.checkSegmentation(node, protocol)
     assert check.structure("liver_lesion").state == "complete"
+
+
+# --- the queue server's engine on the file Slicer writes gives Slicer's verdicts ---------------------------
+
+
+def _as_is(node, protocol):
+    pass
+
+
+def _spleen_emptied(node, protocol):
+    _set(node, protocol, "spleen", _mask(node, protocol, "spleen") & False)
+
+
+def _kidneys_merged(node, protocol):  # overlapping segments: Slicer writes a second label layer
+    _set(node, protocol, "kidney_left", _mask(node, protocol, "kidney_left") | _mask(node, protocol, "kidney_right"))
+
+
+def _kidney_on_the_wrong_side(node, protocol):
+    _set(node, protocol, "kidney_left", _mask(node, protocol, "kidney_right"))
+
+
+def _gallbladder_declared_absent_but_drawn(node, protocol):
+    ps.declareAbsent(node, protocol, "gallbladder")
+
+
+def _gallbladder_declared_absent(node, protocol):
+    _set(node, protocol, "gallbladder", _mask(node, protocol, "gallbladder") & False)
+    ps.declareAbsent(node, protocol, "gallbladder")
+
+
+def _aorta_emptied(node, protocol):  # every laterality rule's midline: "cannot check"
+    _set(node, protocol, "aorta", _mask(node, protocol, "aorta") & False)
+
+
+CHANGES = [
+    _as_is,
+    _spleen_emptied,
+    _kidneys_merged,
+    _kidney_on_the_wrong_side,
+    _gallbladder_declared_absent_but_drawn,
+    _gallbladder_declared_absent,
+    _aorta_emptied,
+]
+
+
+def _server_check(node, protocol, path):
+    """What the queue server computes on the file a reader uploads: the absent declarations travel in the
+    submission's metadata (``segments.<id>.state``), the masks in the ``.seg.nrrd``."""
+    saveSegmentation(node, path)
+    absent = [sid for sid, state in ps.structureStatus(node, protocol).items() if state == "absent"]
+    return check_reader(protocol, read_reader(path, protocol), declared_absent=absent)
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda change: change.__name__.strip("_"))
+def test_server_engine_gives_slicers_verdicts(abdomen, tmp_path, change):
+    node, protocol = abdomen
+    change(node, protocol)
+    in_slicer = ps.checkSegmentation(node, protocol, updateStatus=False)
+    on_server = _server_check(node, protocol, tmp_path / "reader.seg.nrrd")
+    assert on_server.to_json() == in_slicer.to_json()
+    assert on_server.blocking_messages() == in_slicer.blocking_messages()
+
+
+def test_server_engine_gives_slicers_verdicts_inside(context, sample_dir, total_labels, tmp_path):
+    protocol = bundled_protocol("liver-lesion")
+    node = importLabelmapFile(context, sample_dir / "example_seg.nii.gz", total_labels)
+    ps.applyProtocol(node, protocol)
+    kidney = next(i for i in segmentIds(node) if node.GetSegmentation().GetSegment(i).GetName() == "kidney_right")
+    lesion = segmentMasks(node, [kidney])[0][kidney]
+    lesion[:, :, : lesion.shape[2] // 2] |= _mask(node, protocol, "liver")[:, :, : lesion.shape[2] // 2]
+    _set(node, protocol, "liver_lesion", lesion)  # partly in the liver, partly on the kidney
+    in_slicer = ps.checkSegmentation(node, protocol, updateStatus=False)
+    inside = next(r for r in in_slicer.structure("liver_lesion").results if r.rule == "inside")
+    assert inside.passed is False and 0 < inside.value < 0.9
+    assert _server_check(node, protocol, tmp_path / "lesion.seg.nrrd").to_json() == in_slicer.to_json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -151,7 +152,7 @@ class Api:
     def submit(
         self, project_id: int, task: dict, path: Path, metadata: dict | None = None, key: str | None = None
     ) -> httpx.Response:
-        metadata = metadata if metadata is not None else {"time_spent_s": 60.0}
+        metadata = metadata if metadata is not None else tiny_metadata()  # a tiny segmentation's
         headers = {"Idempotency-Key": key} if key else {}
         import json
 
@@ -164,6 +165,21 @@ class Api:
 
     def close(self) -> None:
         self.client.close()
+
+
+def wait_for_consensus(api: Api, project_id: int, case_id: int, timeout: float = 180.0) -> dict:
+    """Poll a case whose readers are all in until its consensus job has moved it on (review open, or approved
+    when review is off); returns the case. A failed job fails the test with its reason. ``api``: a reviewer
+    or an admin (who see the case's consensus state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        case = api.ok(api.get(f"/api/v1/projects/{project_id}/cases/{case_id}"))
+        job = case.get("consensus")
+        if case["state"] != "annotating":
+            return case
+        assert not (job and job["state"] == "failed"), f"consensus of case {case_id} failed: {job['error']}"
+        assert time.monotonic() < deadline, f"case {case_id} still annotating after {timeout} s; consensus: {job}"
+        time.sleep(0.1)
 
 
 def unique(prefix: str) -> str:
@@ -196,6 +212,32 @@ def readers_as_seg_nrrd(sample_dir: Path, out: Path) -> list[Path]:
 
 
 TINY_SIZE = (12, 10, 6)  # i, j, k
+TINY_REASON = "synthetic 12 x 10 x 6 voxel test image: no organ fits, the test is about the queue"
+
+
+def tiny_metadata(time_spent_s: float = 60.0) -> dict:
+    """Submission metadata for a tiny segmentation: no organ of real size fits the tiny image, so it fails
+    the protocol's volume and completeness rules, and every structure carries an override with the reason."""
+    return {"time_spent_s": time_spent_s, "overrides": [dict(o) for o in _tiny_overrides()]}
+
+
+@functools.cache
+def _tiny_overrides() -> tuple[dict, ...]:
+    from MedAnnotAssistLib.core.protocol import bundled_protocol
+
+    return tuple({"structure": s.id, "reason": TINY_REASON} for s in bundled_protocol("abdominal-organs").structures)
+
+
+# The sample CT is cropped to 30 slices: its pancreas is cut into pieces and too small for an adult's, and
+# TotalSegmentator's fast model leaves a stray island on the right kidney. Readers keep them, with reasons.
+SAMPLE_OVERRIDES = [
+    {"structure": "pancreas", "reason": "the CT is cropped to 30 slices: the pancreas is cut into pieces"},
+    {
+        "structure": "kidney_right",
+        "rule": "maxComponents",
+        "reason": "the fast model's stray island: left for the reviewer to judge",
+    },
+]
 
 
 def tiny_geometry(spacing=(2.0, 2.0, 3.0)):

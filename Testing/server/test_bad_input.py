@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from .harness import tiny_geometry, tiny_segmentation, unique
+from .harness import tiny_geometry, tiny_metadata, tiny_segmentation, unique
 
 LIMIT = 4 * 1024 * 1024  # the module's servers run with --max-upload-mb 4
 
@@ -34,7 +34,10 @@ def lease(reader):
     return user, project, task
 
 
-def _post_file(user, project, task, name: str, content: bytes, metadata='{"time_spent_s": 1}', **kw):
+TINY_METADATA = json.dumps(tiny_metadata(1))
+
+
+def _post_file(user, project, task, name: str, content: bytes, metadata=TINY_METADATA, **kw):
     files = {"segmentation": (name, content, "application/octet-stream")}
     data = {"lease_id": task["lease_id"], "metadata": metadata}
     return user.post(f"/api/v1/projects/{project}/tasks/{task['id']}/submissions", files=files, data=data, **kw)

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import create_engine, text
 
-from .harness import Api, tiny_segmentation
+from .harness import Api, tiny_metadata, tiny_segmentation
 
 TASKS = 2000
 CLAIMERS = 64
@@ -55,7 +55,7 @@ def test_concurrent_claimers_never_share_a_task(backend, replicas, start_queue, 
                     return
                 with lock:
                     claims.append((task["id"], task["lease_id"]))
-                response = api.submit(project, task, segmentation, {"time_spent_s": 1.0}, key=f"t{task['id']}")
+                response = api.submit(project, task, segmentation, tiny_metadata(1.0), key=f"t{task['id']}")
                 if response.status_code != 201:
                     raise AssertionError(f"task {task['id']}: {response.status_code} {response.text}")
                 with lock:

@@ -124,3 +124,22 @@ def test_only_admins_upload_series(dicom_queue, sample_dir):
     one = sorted((sample_dir / "example_ct_dicom").iterdir())[0]
     refused = _upload(reader, project, _zip({"a.dcm": one}), "x")
     assert refused.status_code == 403
+
+
+def test_a_series_volume_is_reachable_only_through_its_project(dicom_queue, sample_dir):
+    admin = dicom_queue.admin
+    first, second = (admin.new_project(unique(f"dicom-{n}"), readers=1, review=False) for n in ("p1", "p2"))
+    archive = _zip({p.name: p for p in sorted((sample_dir / "example_ct_dicom").iterdir())})
+    sha = admin.ok(_upload(admin, first, archive, "ct"), 201)["image"]["sha256"]
+
+    def bulk(project: int, name: str):
+        return admin.post(
+            f"/api/v1/projects/{project}/cases/bulk", json={"cases": [{"name": name, "image_sha256": sha}]}
+        )
+
+    assert admin.ok(bulk(first, "ct-again"), 201)["created"] == 1  # the ingest linked the volume to its project
+    refused = bulk(second, "ct")
+    assert refused.status_code == 422 and refused.json()["code"] == "unknown_image", refused.text
+    # the same series uploaded into the second project is its own (pixels and grid alike: the same volume)
+    assert admin.ok(_upload(admin, second, archive, "ct"), 201)["image"]["sha256"] == sha
+    assert admin.ok(bulk(second, "ct-again"), 201)["created"] == 1

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from sqlalchemy import create_engine, text
 
 from .conftest import BACKENDS
-from .harness import Api, tiny_segmentation, unique
+from .harness import Api, tiny_metadata, tiny_segmentation, unique
 
 CASES = 150
 PAUSE_S = 0.1  # a reader's work between two submissions: the stream outlasts the restarts
@@ -76,7 +76,7 @@ def test_acknowledged_submissions_survive_sigkill(backend, start_queue, tiny_ima
             key = str(uuid.uuid4())
             path = files[(offset + count) % len(files)]
             count += 1
-            answer = _call(lambda: api.submit(project, task, path, {"time_spent_s": 1.0}, key=key))  # noqa: B023
+            answer = _call(lambda: api.submit(project, task, path, tiny_metadata(1.0), key=key))  # noqa: B023
             if answer.status_code == 201:
                 body = answer.json()
                 with lock:

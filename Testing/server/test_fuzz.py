@@ -19,13 +19,18 @@ def test_no_server_errors_under_fuzzing(queue, tiny_image_file, tmp_path):
     admin = queue.admin
     # real objects with small ids, so generated ids sometimes reach the code behind the 404s
     project = admin.new_project("fuzz", readers=2)
-    reader = admin.new_user("fuzz-reader")
-    admin.set_roles(project, "fuzz-reader", "annotator")
-    admin.set_roles(project, "admin", "annotator", "reviewer", "admin")
+    readers = [admin.new_user(name) for name in ("fuzz-reader", "fuzz-reader-2")]
+    for reader in readers:
+        admin.set_roles(project, reader.name, "annotator")
+    # not an annotator: a case's readers are blind to it, and the fuzzer must reach what a reviewer sees
+    admin.set_roles(project, "admin", "reviewer", "admin")
     admin.upload_case(project, tiny_image_file, "fuzz-case")
-    task = reader.claim(project)
-    assert reader.submit(project, task, tiny_segmentation(tmp_path / "r.seg.nrrd")).status_code == 201
-    admin.claim(project)
+    for seed, reader in enumerate(readers):
+        path = tiny_segmentation(tmp_path / f"r{seed}.seg.nrrd", seed=seed)
+        assert reader.submit(project, reader.claim(project), path).status_code == 201
+    assert admin.claim(project)["kind"] == "review"  # case 1 in review, with its consensus
+    admin.upload_case(project, tiny_image_file, "fuzz-case-2")
+    assert readers[0].claim(project) is not None
     command = [
         SCHEMATHESIS, "run", f"{queue.url}/openapi.json",
         "--header", f"Authorization: Bearer {queue.admin_token}",

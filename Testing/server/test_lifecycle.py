@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from .conftest import BACKENDS
-from .harness import admin_command
+from .harness import SAMPLE_OVERRIDES, admin_command, wait_for_consensus
 
 
 def _edit_audit_row(queue, seq: int) -> None:
@@ -60,6 +60,7 @@ def test_case_lifecycle_over_http(backend, start_queue, sample_dir, reader_files
             "liver": {"state": "refined", "provenance": {"engine": "ct-threshold", "version": "1"},
                       "ai_vs_final": {"dice": 0.91, "hd95_mm": 4.2}},
         },
+        "overrides": SAMPLE_OVERRIDES,
     }  # fmt: skip
     first = ann1.submit(project, task1, reader_files[0], metadata, key="ann1-case1-try1")
     assert first.status_code == 201, first.text
@@ -70,11 +71,16 @@ def test_case_lifecycle_over_http(backend, start_queue, sample_dir, reader_files
 
     # blind: the second reader sees neither the first one's work nor a consensus
     sid1 = first.json()["submission_id"]
-    assert ann2.get(f"{base}/submissions/{sid1}/file").json()["code"] == "blinded"
+    assert ann2.get(f"{base}/submissions/{sid1}/file").json()["code"] == "submission_not_found"
     assert ann2.ok(ann2.get(f"{base}/cases/{case['id']}/submissions")) == []
 
-    second = ann2.submit(project, task2, reader_files[1], {"time_spent_s": 610.0}, key="ann2-case1")
+    second = ann2.submit(
+        project, task2, reader_files[1], {"time_spent_s": 610.0, "overrides": SAMPLE_OVERRIDES}, key="ann2-case1"
+    )
     assert second.status_code == 201 and second.json()["case_complete"] is True
+    # consensus is a background job: the reviewer's case shows it done and the review task open
+    reviewed = wait_for_consensus(rev, project, case["id"])
+    assert reviewed["state"] == "review" and reviewed["consensus"]["state"] == "done"
 
     consensus = rev.ok(rev.get(f"{base}/cases/{case['id']}/consensus"))
     assert consensus["readers"] == ["ann1", "ann2"] and consensus["round"] == 1
@@ -95,8 +101,11 @@ def test_case_lifecycle_over_http(backend, start_queue, sample_dir, reader_files
     assert ann1.claim(project) is None
     again = ann2.claim(project)
     assert again["id"] == task2["id"] and again["comment"] == "Please redraw the pancreas head."
-    resubmitted = ann2.submit(project, again, reader_files[1], {"time_spent_s": 120.0}, key="ann2-case1-round2")
+    resubmitted = ann2.submit(
+        project, again, reader_files[1], {"time_spent_s": 120.0, "overrides": SAMPLE_OVERRIDES}, key="ann2-case1-round2"
+    )
     assert resubmitted.status_code == 201 and resubmitted.json()["version"] == 2
+    assert wait_for_consensus(rev, project, case["id"])["consensus"]["round"] == 2
 
     review2 = rev.claim(project)
     assert review2 is not None and review2["round"] == 2
@@ -108,6 +117,7 @@ def test_case_lifecycle_over_http(backend, start_queue, sample_dir, reader_files
     assert edited.status_code == 201, edited.text
     decisions = {"liver": {"action": "take_reader", "reader": "ann1"}, "spleen": {"action": "edited"}}
     approve = {"lease_id": review2["lease_id"], "decision": "approve", "structures": decisions}
+    approve["overrides"] = SAMPLE_OVERRIDES[:1]  # the consensus pancreas is cut, as the readers' are
     approved = rev.ok(rev.post(f"{base}/tasks/{review2['id']}/review", json=approve))
     assert approved["case_state"] == "approved" and approved["final_sha256"]
     # once approved, readers may see each other's work

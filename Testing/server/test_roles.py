@@ -61,7 +61,8 @@ def test_blinding_before_review(team):
     users, project, case = team["users"], team["project"], team["case"]["id"]
     ann2 = users["ann2"]
     base = f"/api/v1/projects/{project}"
-    _error(ann2.get(f"{base}/submissions/{team['submission']}/file"), 403, "blinded")
+    # another reader's submission is answered as a missing one: its existence does not show
+    _error(ann2.get(f"{base}/submissions/{team['submission']}/file"), 404, "submission_not_found")
     assert ann2.ok(ann2.get(f"{base}/cases/{case}/submissions")) == []
     _error(ann2.get(f"{base}/cases/{case}/consensus"), 403, "blinded")
     _error(ann2.get(f"{base}/cases/{case}/final"), 403, "blinded")
@@ -110,7 +111,7 @@ def test_lease_fencing(team):
     base = f"/api/v1/projects/{project}/tasks/{task2['id']}"
     # another user, even with the lease id, cannot use it
     _error(ann1.post(f"{base}/heartbeat", json={"lease_id": task2["lease_id"]}), 409, "lease_lost")
-    _error(ann2.post(f"{base}/heartbeat", json={"lease_id": "not-the-lease"}), 409, "lease_lost")
+    _error(ann2.post(f"{base}/heartbeat", json={"lease_id": "not-the-lease"}), 409, "lease_mismatch")
     assert ann2.ok(ann2.post(f"{base}/heartbeat", json={"lease_id": task2["lease_id"]}))["state"] == "leased"
 
 

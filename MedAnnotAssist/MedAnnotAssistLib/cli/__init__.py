@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..core.protocol import ProtocolError
-from .common import EXIT_INVALID
+from .common import EXIT_INVALID, ProgressBar
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,17 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ProtocolError as error:
+    except (ProtocolError, KeyError, ValueError, OSError, RuntimeError) as error:
+        ProgressBar.end_line()  # the error gets a line of its own
+        return _report(error)
+
+
+def _report(error: Exception) -> int:
+    """Print the error for the user; the exit code: 2 for invalid input, 1 for a failure while working."""
+    if isinstance(error, ProtocolError):
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    except (KeyError, ValueError, OSError) as error:
+    if isinstance(error, (KeyError, ValueError, OSError)):
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return EXIT_INVALID if isinstance(error, (KeyError, ValueError)) else 1
-    except RuntimeError as error:  # an engine that is not installed or a server that does not answer
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    print(f"error: {error}", file=sys.stderr)  # an engine that is not installed or a server that does not answer
+    return 1
 
 
 if __name__ == "__main__":

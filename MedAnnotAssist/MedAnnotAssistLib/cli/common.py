@@ -19,11 +19,18 @@ def resolve_protocol(value: str):
     return bundled_protocol(value)
 
 
-def label_names(args):
-    """The ``--labels-json`` mapping of label values to names, or None."""
+def label_names(args, protocol=None):
+    """The ``--labels-json`` mapping of label values to names, or None; with a protocol, a name that matches
+    nothing (no structure of it, no name the name map knows) is a ValueError naming it."""
     from ..core.sample_data import load_label_names
+    from ..core.structure_names import check_label_names
 
-    return load_label_names(args.labels_json) if getattr(args, "labels_json", None) else None
+    if not getattr(args, "labels_json", None):
+        return None
+    names = load_label_names(args.labels_json)
+    if protocol is not None:
+        check_label_names(names, protocol, str(args.labels_json))
+    return names
 
 
 def print_check(check) -> None:
@@ -35,15 +42,26 @@ def print_check(check) -> None:
 
 
 class ProgressBar:
-    """A one-line text progress bar on stderr."""
+    """A one-line text progress bar on stderr; ``ProgressBar.end_line()`` ends an unfinished one (before an error)."""
 
-    def __init__(self, label: str, stream=sys.stderr, width: int = 30):
-        self.label, self.stream, self.width = label, stream, width
+    unfinished = None  # the stream of a bar whose line is not ended yet
+
+    def __init__(self, label: str, stream=None, width: int = 30):
+        self.label, self.stream, self.width = label, stream or sys.stderr, width
 
     def __call__(self, fraction: float, message: str = "") -> None:
         filled = int(round(fraction * self.width))
         bar = "#" * filled + "." * (self.width - filled)
         self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}% {message[:40]:<40}")
+        ProgressBar.unfinished = self.stream
         if fraction >= 1.0:
             self.stream.write("\n")
+            ProgressBar.unfinished = None
         self.stream.flush()
+
+    @staticmethod
+    def end_line() -> None:
+        if ProgressBar.unfinished is not None:
+            ProgressBar.unfinished.write("\n")
+            ProgressBar.unfinished.flush()
+            ProgressBar.unfinished = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import label_names, resolve_protocol
+from .common import ProgressBar, label_names, resolve_protocol
 
 
 def cmd_consensus(args) -> int:
@@ -17,13 +17,14 @@ def cmd_consensus(args) -> int:
         args.readers,
         protocol,
         args.out,
-        label_names(args),
+        label_names(args, protocol),
         names,
         args.image,
         fusion_method=args.fusion,
         convention=args.convention,
         empty=args.empty,
         default_tolerance_mm=args.tolerance_mm,
+        progress=None if args.quiet else ProgressBar("consensus"),
     )
     print(f"{protocol.label}: {len(result.readers)} readers, fusion {result.fusion}, {result.seconds:.2f} s")
     for item in result.structures:
@@ -49,4 +50,5 @@ def add_commands(commands) -> None:
     consensus.add_argument(
         "--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance when the protocol sets none"
     )
+    consensus.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     consensus.set_defaults(func=cmd_consensus)

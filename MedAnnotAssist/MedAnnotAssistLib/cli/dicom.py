@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from .common import ProgressBar, label_names, resolve_protocol
 
 EXIT_FLAGGED = 3
+KEY_ENV = "MEDANNOT_PROJECT_KEY"
 
 
 def cmd_dicom_import(args) -> int:
@@ -15,7 +17,8 @@ def cmd_dicom_import(args) -> int:
 
     from ..core.dicom.series import read_series
 
-    series = read_series(args.series, series_uid=args.series_uid)
+    progress = None if args.quiet else ProgressBar("dicom-import")
+    series = read_series(args.series, series_uid=args.series_uid, progress=progress)
     image = series.image
     sitk.WriteImage(image, str(args.out), useCompression=True)
     size = " x ".join(map(str, image.GetSize()))
@@ -35,16 +38,36 @@ def default_key_file() -> Path:
     return Path(base) / "medannotassist" / "deid-project.key"
 
 
-def cmd_deid(args) -> int:
-    from ..core.dicom.deid import Deidentifier, deidentify_folder, read_or_create_project_key
+def project_key(args) -> str:
+    """The project key from the key file or MEDANNOT_PROJECT_KEY, never shown; --project-key still works, with a
+    warning: every user of the machine sees a command line (``ps``) and the shell keeps it in its history."""
+    from ..core.dicom.deid import read_or_create_project_key
 
+    note = sys.stderr if args.json else sys.stdout  # stdout holds only the JSON then
     if args.project_key is not None:
-        key = args.project_key
-    else:
-        key_file = args.key_file or default_key_file()
-        created = not key_file.is_file()
-        key = read_or_create_project_key(key_file)
-        print(f"project key: {'created in' if created else 'read from'} {key_file} (keep it for this project)")
+        print(
+            f"warning: --project-key shows the key to every user of this machine (ps) and in your shell history; "
+            f"put it in a file (--key-file) or in the {KEY_ENV} environment variable instead",
+            file=sys.stderr,
+        )
+        return args.project_key
+    if args.key_file is None and KEY_ENV in os.environ:
+        key = os.environ[KEY_ENV].strip()
+        if not key:  # falling back to another key would silently break the links between exports
+            raise ValueError(f"{KEY_ENV} is set but empty; set it to the project key or unset it")
+        print(f"project key: from the {KEY_ENV} environment variable", file=note)
+        return key
+    key_file = args.key_file or default_key_file()
+    created = not key_file.is_file()
+    key = read_or_create_project_key(key_file)
+    print(f"project key: {'created in' if created else 'read from'} {key_file} (keep it for this project)", file=note)
+    return key
+
+
+def cmd_deid(args) -> int:
+    from ..core.dicom.deid import Deidentifier, deidentify_folder
+
+    key = project_key(args)
     deidentifier = Deidentifier(
         key,
         retain_dates_shifted=args.keep_dates_shifted,
@@ -64,7 +87,7 @@ def cmd_export(args) -> int:
 
     protocol = resolve_protocol(args.protocol)
     series = read_series(args.dicom, series_uid=args.series_uid)
-    labels, tags = labels_for_series(args.labels, series, protocol, label_names(args))
+    labels, tags = labels_for_series(args.labels, series, protocol, label_names(args, protocol))
     if args.kind == "seg":
         report = export_seg(series, labels, protocol, args.out, segment_tags=tags, labelmap=args.labelmap)
     else:
@@ -92,6 +115,7 @@ def add_commands(commands) -> None:
     dicom_import.add_argument("series", type=Path, help="folder or zip archive of DICOM files")
     dicom_import.add_argument("out", type=Path, help="image file to write (.nrrd, .nii.gz)")
     dicom_import.add_argument("--series-uid", help="the series to take when the folder holds several")
+    dicom_import.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     dicom_import.set_defaults(func=cmd_dicom_import)
 
     deid = commands.add_parser(
@@ -100,8 +124,13 @@ def add_commands(commands) -> None:
     )
     deid.add_argument("input", type=Path, metavar="IN", help="folder of DICOM files (read only)")
     deid.add_argument("output", type=Path, metavar="OUT", help="new or empty folder for the de-identified files")
-    deid.add_argument("--project-key", help="secret key that makes UIDs, pseudonyms and the date shift per project")
-    deid.add_argument("--key-file", type=Path, help=f"file holding the project key (default {default_key_file()})")
+    deid.add_argument(
+        "--key-file",
+        type=Path,
+        help=f"file holding the secret project key that makes UIDs, pseudonyms and the date shift per project; "
+        f"without it: ${KEY_ENV}, else {default_key_file()} (created on first use)",
+    )
+    deid.add_argument("--project-key", help="the key itself: visible in ps and shell history, prefer --key-file")
     deid.add_argument(
         "--keep-dates-shifted",
         action="store_true",

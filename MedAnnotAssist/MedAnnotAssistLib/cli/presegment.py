@@ -46,6 +46,10 @@ def cmd_presegment(args) -> int:
     for name, row in summary["structures"].items():
         confidence = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
         print(f"{name:<28} {row['volume_ml']:>10.1f} {confidence:>10}")
+    if summary["dropped"]:
+        print(f"dropped (not in {summary['protocol']}): {', '.join(summary['dropped'])}")
+    if summary["empty"]:
+        print(f"left empty (the engine does not produce them): {', '.join(summary['empty'])}")
     print(f"case uncertainty {summary['uncertainty']:.3f}; engine {summary['provenance']['engine']} "
           f"{summary['provenance']['version']}, {summary['provenance']['seconds']:.2f} s")  # fmt: skip
     print(f"wrote {args.out}")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.protocol import ProtocolError, bundled_protocols, load_protocol
-from .common import DEFAULT_DATA_DIR, EXIT_INVALID, label_names, print_check, resolve_protocol
+from .common import DEFAULT_DATA_DIR, EXIT_INVALID, ProgressBar, label_names, print_check, resolve_protocol
 
 
 def cmd_protocol_validate(args) -> int:
@@ -64,10 +64,17 @@ def cmd_prepare(args) -> int:
     from ..mrml.scene import SceneContext
 
     protocol = resolve_protocol(args.protocol)
+    names = label_names(args, protocol)
+    if args.labels and names is None:
+        raise ValueError(f"{args.labels}: a labelmap needs --labels-json, a JSON map of label values to names")
     case = prepareCase(
-        SceneContext.headless(), args.image, protocol, args.out, args.labels, label_names(args), args.name
-    )
+        SceneContext.headless(), args.image, protocol, args.out, args.labels, names, args.name,
+        labelNamesFile=args.labels_json or "label names",
+        progress=None if getattr(args, "quiet", False) else ProgressBar("prepare"),
+    )  # fmt: skip
     print(case.applied.summary())
+    if case.dropped:
+        print(f"dropped (not in {protocol.label}): {', '.join(case.dropped)}")
     print_check(case.check)
     print(f"wrote {case.volumePath}\nwrote {case.segmentationPath}\nwrote {case.checkPath}")
     print(case.slicerInstructions())
@@ -80,6 +87,7 @@ def cmd_check(args) -> int:
     from ..mrml.segmentation import loadSegmentation
 
     protocol = resolve_protocol(args.protocol)
+    require_segmentation(args.segmentation)
     segmentation = loadSegmentation(SceneContext.headless(), args.segmentation)
     check = checkSegmentation(segmentation, protocol, updateStatus=False)
     if args.json:
@@ -87,6 +95,27 @@ def cmd_check(args) -> int:
     else:
         print_check(check)
     return 0 if check.ready else 3
+
+
+def require_segmentation(path: Path) -> None:
+    """A ValueError unless ``path`` is a Slicer segmentation: a NRRD whose header names segments."""
+    import SimpleITK as sitk
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    expected = "expected a Slicer segmentation (.seg.nrrd, with Segment0_Name in its NRRD header)"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise ValueError(f"{path}: not an image file; {expected}") from None
+    if "Segment0_Name" not in reader.GetMetaDataKeys():
+        size = " x ".join(map(str, reader.GetSize()))
+        raise ValueError(
+            f"{path}: not a segmentation but a plain {size} image; {expected}. For a labelmap, run "
+            "`medannot prepare IMAGE --labels LABELMAP --labels-json NAMES.json` first"
+        )
 
 
 def cmd_demo(args) -> int:
@@ -133,6 +162,7 @@ def add_commands(commands) -> None:
     prepare.add_argument("--labels", type=Path, help="optional labelmap to start the segments from")
     prepare.add_argument("--labels-json", type=Path, help="JSON mapping label values to structure names")
     prepare.add_argument("--name", help="case name used for the file names (default: the image's)")
+    prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(func=cmd_prepare)
 
     check = commands.add_parser("check", help="check a .seg.nrrd against a protocol (exit 3 when not ready)")
@@ -144,4 +174,5 @@ def add_commands(commands) -> None:
     demo = commands.add_parser("demo", help="fetch the sample CT and prepare it with a bundled protocol")
     demo.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path)
     demo.add_argument("--protocol", default="abdominal-organs")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)

@@ -1,4 +1,4 @@
-"""`medannot serve` and `medannot admin …`: the task-queue server (package ``medannotassist_server``).
+"""`medannot serve`, `medannot worker` and `medannot admin …`: the task-queue server (``medannotassist_server``).
 
 The first user of a new server is made with ``medannot admin create-user NAME --site-admin``: a site
 admin creates projects and users over the API and is admin of every project. Admin commands work on
@@ -16,6 +16,18 @@ from .common import EXIT_INVALID
 def _database_options(parser) -> None:
     parser.add_argument("--data-dir", type=Path, help="server data directory (SQLite database and blobs)")
     parser.add_argument("--database-url", help="postgresql://user@host:port/db instead of SQLite in --data-dir")
+    parser.add_argument(
+        "--audit-key-file", help="the audit chain's key (default DATA_DIR/audit.key, made on first start)"
+    )
+    parser.add_argument(
+        "--audit-checkpoint-file", help="signed audit checkpoints (default DATA_DIR/audit-checkpoints.jsonl)"
+    )
+
+
+def _dask_option(parser) -> None:
+    parser.add_argument(
+        "--dask-scheduler", metavar="ADDRESS", help="compute consensus on this Dask cluster (tcp://host:8786)"
+    )
 
 
 def _settings(args):
@@ -23,25 +35,40 @@ def _settings(args):
 
     if getattr(args, "max_upload_mb", None) is not None:
         args.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
+    if getattr(args, "max_image_mb", None) is not None:
+        args.max_image_bytes = int(args.max_image_mb * 1024 * 1024)
     return Settings.from_args(args)
 
 
-def _admin_call(function, *args):
-    """Run an admin function; a refusal is printed as one line and exits 2."""
+def _admin_call(function, *args, **kwargs):
+    """Run an admin function; a refusal, or a missing or wrong audit key, is printed as one line and exits 2."""
+    from medannotassist_server.audit_keys import AuditKeyError
     from medannotassist_server.errors import ApiError
 
     try:
-        return function(*args), 0
+        return function(*args, **kwargs), 0
     except ApiError as error:
         print(f"error: {error.message}", file=sys.stderr)
-        return None, EXIT_INVALID
+    except AuditKeyError as error:
+        print(f"error: {error}", file=sys.stderr)
+    return None, EXIT_INVALID
 
 
 def cmd_serve(args) -> int:
     from medannotassist_server.app import serve
+    from medannotassist_server.settings import RemoteHostRefusedError
 
-    serve(_settings(args))
-    return 0
+    try:
+        return _admin_call(serve, _settings(args))[1]
+    except RemoteHostRefusedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def cmd_worker(args) -> int:
+    from medannotassist_server.worker import run_worker
+
+    return _admin_call(run_worker, _settings(args), burst=args.burst)[1]
 
 
 def cmd_create_user(args) -> int:
@@ -76,27 +103,60 @@ def cmd_revoke(args) -> int:
 
 
 def cmd_verify_audit(args) -> int:
+    """Exit 0: intact; 1: tampered (each problem on a line); 2: the key is missing or not the chain's."""
     from medannotassist_server.admin import verify_audit
 
-    verdict = verify_audit(_settings(args))
-    print(verdict.message, file=sys.stdout if verdict.ok else sys.stderr)
-    return 0 if verdict.ok else 1
+    result, status = _admin_call(verify_audit, _settings(args), args.anchor, export=getattr(args, "export", False))
+    if status:
+        return status
+    verdict, checkpoint = result
+    if verdict.key_problem:
+        print(f"error: {verdict.message}", file=sys.stderr)
+        return EXIT_INVALID
+    if not verdict.ok:
+        for problem in verdict.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(verdict.message, file=sys.stderr if checkpoint else sys.stdout)
+    if checkpoint:
+        print(checkpoint.line(), end="")
+    return 0
 
 
 def add_commands(commands) -> None:
     """Register the server's commands on the ``medannot`` sub-parsers."""
     serve = commands.add_parser("serve", help="run the task-queue server (migrates the database first)")
     _database_options(serve)
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1: put a TLS proxy in front for a network)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; any other needs --allow-remote)")
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host: TLS must then be terminated by a reverse proxy in front",
+    )
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--lease-seconds", type=float, help="default lease length of a claim (default 300)")
     serve.add_argument("--max-upload-mb", type=float, help="largest request body in MiB (default 512)")
     serve.add_argument("--max-voxels", type=int, help="largest image or segmentation in voxels")
     serve.add_argument(
+        "--max-image-mb", type=float, help="largest image or segmentation once decompressed, in MiB (default 1024)"
+    )
+    serve.add_argument(
         "--workers", type=int, help="worker processes sharing the port (default 1; about one per CPU core)"
     )
+    serve.add_argument(
+        "--job-threads", type=int, help="consensus job threads per process (default 1; 0: `medannot worker` runs them)"
+    )
+    _dask_option(serve)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run a task-queue server's consensus jobs (as many as wanted)")
+    _database_options(worker)
+    _dask_option(worker)
+    worker.add_argument("--burst", action="store_true", help="exit when no job is due instead of waiting for more")
+    worker.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    worker.set_defaults(func=cmd_worker)
 
     admin = commands.add_parser("admin", help="users, roles and the audit chain of a task-queue server")
     actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
@@ -122,6 +182,24 @@ def add_commands(commands) -> None:
     _database_options(revoke)
     revoke.set_defaults(func=cmd_revoke)
 
-    verify = actions.add_parser("verify-audit", help="check the audit hash chain; exit 1 naming the first bad row")
+    verify = actions.add_parser(
+        "verify-audit", help="check the audit chain and its signed checkpoints; exit 1 naming what is wrong"
+    )
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="checkpoints exported earlier (kept elsewhere) that the chain and the checkpoint file must still hold",
+    )
     _database_options(verify)
     verify.set_defaults(func=cmd_verify_audit)
+
+    export = actions.add_parser(
+        "export-audit-checkpoint",
+        help="verify the audit chain, then sign a checkpoint of its head and print it (a JSON line) to keep elsewhere",
+    )
+    export.add_argument("--anchor", action="append", type=Path, default=[], metavar="FILE", help="as for verify-audit")
+    _database_options(export)
+    export.set_defaults(func=cmd_verify_audit, export=True)

@@ -1,11 +1,11 @@
 """Fusing readers' masks into a consensus: majority vote, STAPLE, multi-label STAPLE, disagreement.
 
-STAPLE (Warfield et al. 2004) is solved on the histogram of decision patterns: with R readers a voxel's
+STAPLE (Warfield et al. 2004) follows ITK's ``STAPLEImageFilter`` step for step (start, prior, order of the
+steps, stopping rule) and is solved on the histogram of decision patterns: with R readers a voxel's
 decisions form one of 2**R patterns, every voxel with the same pattern gets the same posterior, so the
 EM iterations run over at most 2**R weighted rows instead of every voxel. Voxels outside the crop,
 where every reader said background, are one more count on the all-background pattern. The result is
-the whole-volume STAPLE of SimpleITK's ``STAPLEImageFilter`` (same prior, same start, same fixed point)
-computed on the structure's bounding box only.
+ITK's whole-volume STAPLE computed on the structure's bounding box only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_INITIAL = 0.99999  # SimpleITK's starting sensitivity and specificity
+_STOP = 1e-14  # ITK stops when every squared change of sensitivity and specificity is at most this
 
 
 @dataclass(frozen=True)
@@ -90,18 +90,25 @@ def _patterns(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def staple(
     masks: Sequence[np.ndarray],
     outside_voxels: int = 0,
-    prior: float | None = None,
-    max_iterations: int = 1000,
-    tolerance: float = 1e-12,
+    confidence_weight: float = 1.0,
+    max_iterations: int = 100_000,
 ) -> StapleResult:
-    """Binary STAPLE of the readers' masks of one structure.
+    """Binary STAPLE of the readers' masks of one structure, as ITK's ``STAPLEImageFilter`` computes it.
 
     ``outside_voxels`` counts the voxels of the whole image that lie outside these (cropped) masks, where
-    every reader said background; with it the result equals STAPLE over the whole image. ``prior`` is
-    the prior probability of the structure; by default, as in SimpleITK, the mean fraction of voxels the
-    readers marked over the whole image.
+    every reader said background; with it the result equals STAPLE over the whole image. The prior of the
+    structure is the readers' mean vote fraction over the whole image times ``confidence_weight`` (ITK's
+    and SimpleITK's default 1). The weights start at the vote fraction; each iteration estimates every
+    reader's sensitivity and specificity from them (M-step), then the posteriors (E-step); it stops after
+    an iteration (not the first) in which no sensitivity or specificity changed by more than 1e-7.
+
+    Where no reader marked anything (or every reader marked everything) ITK answers NaN everywhere; here
+    the probability is the readers' unanimous answer, the specificity (sensitivity) 1 and the rate with
+    nothing to measure, sensitivity (specificity), NaN.
     """
     masks = _stack(masks)
+    if not confidence_weight > 0:
+        raise ValueError(f"confidence_weight: expected a number > 0, got {confidence_weight!r}")
     index, rows, counts = _patterns(masks)
     if outside_voxels:
         if rows.size and not rows[0].any():
@@ -110,35 +117,41 @@ def staple(
             rows = np.vstack([np.zeros((1, rows.shape[1]), bool), rows])
             counts = np.concatenate([[float(outside_voxels)], counts])
             index = index + 1
-    total = counts.sum()
-    g = float((counts @ rows.sum(axis=1)) / (total * len(masks))) if prior is None else float(prior)
     decisions = rows.astype(np.float64)
-    p = np.full(len(masks), _INITIAL)
-    q = np.full(len(masks), _INITIAL)
+    weights = decisions.mean(axis=1)  # ITK's start: the fraction of readers marking the voxel
+    g = float(counts @ weights / counts.sum()) * confidence_weight
+    if g > 1.0:
+        raise ValueError(f"confidence_weight: {confidence_weight:g} makes the prior {g:g}, above 1")
+    p = q = np.full(len(masks), np.nan)
     converged = False
-    weights = np.zeros(len(counts))
     iteration = 0
     for iteration in range(1, max_iterations + 1):  # noqa: B007 - the count is reported
+        last_p, last_q = p, q
+        p, q = _rates(decisions, counts, weights)
         weights = _posterior(decisions, p, q, g)
-        on, off = counts * weights, counts * (1.0 - weights)
-        p_new = (on @ decisions) / max(on.sum(), np.finfo(float).tiny)
-        q_new = (off @ (1.0 - decisions)) / max(off.sum(), np.finfo(float).tiny)
-        change = max(np.abs(p_new - p).max(), np.abs(q_new - q).max())
-        p, q = p_new, q_new
-        if change < tolerance:
+        # ITK's test: a NaN change (a rate with nothing to measure) does not count as a change.
+        if iteration > 1 and not ((p - last_p) ** 2 > _STOP).any() and not ((q - last_q) ** 2 > _STOP).any():
             converged = True
             break
-    weights = _posterior(decisions, p, q, g)
     probability = weights.astype(np.float32)[index]
-    p, q = np.clip(p, 0.0, 1.0), np.clip(q, 0.0, 1.0)
     return StapleResult(probability, tuple(map(float, p)), tuple(map(float, q)), g, iteration, converged)
 
 
+def _rates(decisions: np.ndarray, counts: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """M-step: each reader's sensitivity and specificity against the current posteriors (NaN if 0/0)."""
+    on, off = counts * weights, counts * (1.0 - weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (on @ decisions) / on.sum(), (off @ (1.0 - decisions)) / off.sum()
+
+
 def _posterior(decisions: np.ndarray, p: np.ndarray, q: np.ndarray, g: float) -> np.ndarray:
+    """E-step: the posterior of the structure for each decision pattern; a prior of 0 or 1 decides alone."""
+    if g <= 0.0 or g >= 1.0:
+        return np.full(len(decisions), float(g >= 1.0))
     a = np.prod(np.where(decisions > 0, p, 1.0 - p), axis=1) * g
     b = np.prod(np.where(decisions > 0, 1.0 - q, q), axis=1) * (1.0 - g)
-    total = a + b
-    return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return a / (a + b)
 
 
 def multilabel_staple(labelmaps: Sequence[np.ndarray], undecided_label: int | None = None) -> np.ndarray:

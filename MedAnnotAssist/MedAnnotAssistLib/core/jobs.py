@@ -106,10 +106,21 @@ class BatchOutcome:
 
 
 def _timed(function: Callable, *args, **kwargs):
+    """(result, error, seconds): a case's own failure comes back as one line, not as a failed Dask task
+    (whose traceback every worker would log)."""
     import time
 
     started = time.perf_counter()
-    return function(*args, **kwargs), time.perf_counter() - started
+    try:
+        return function(*args, **kwargs), None, time.perf_counter() - started
+    except Exception as error:  # one bad case never stops the batch
+        return None, one_line(error), time.perf_counter() - started
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (a child's log tail or a multi-line message joined by " | ")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {' | '.join(lines)}" if lines else type(error).__name__
 
 
 def run_batch_on_dask(
@@ -138,10 +149,10 @@ def run_batch_on_dask(
         for done, future in enumerate(as_completed(futures), start=1):
             name = futures[future]
             try:
-                result, seconds = future.result()
-                outcomes[name] = BatchOutcome(name, result, None, seconds)
-            except Exception as error:  # one bad case never stops the batch
-                outcomes[name] = BatchOutcome(name, None, f"{type(error).__name__}: {error}")
+                result, error, seconds = future.result()
+                outcomes[name] = BatchOutcome(name, result, error, seconds)
+            except Exception as error:  # a worker that died, or a result that could not travel back
+                outcomes[name] = BatchOutcome(name, None, one_line(error))
             if progress is not None:
                 progress(done / len(futures), f"{name}: {'ok' if outcomes[name].ok else 'failed'}")
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .protocol import Protocol, Structure
+from .structure_names import match_name
 
 STRUCTURE_TAG = "MedAnnotAssist.StructureId"
 
@@ -107,7 +108,7 @@ class ReaderLabels:
 
 def match_structure(protocol: Protocol, name: str, structure_id: str | None = None) -> Structure | None:
     """The protocol structure a segment stands for: by its StructureId tag, else by id, name or TG-263
-    name ignoring case."""
+    name ignoring case, else through the maintained name map (``portal_vein_and_splenic_vein``, ``Left Kidney``)."""
     if structure_id:
         for structure in protocol.structures:
             if structure.id == structure_id:
@@ -116,7 +117,7 @@ def match_structure(protocol: Protocol, name: str, structure_id: str | None = No
     for structure in protocol.structures:
         if wanted in {structure.id.casefold(), structure.name.casefold(), (structure.tg263 or "").casefold()}:
             return structure
-    return None
+    return match_name(protocol, name)[0]
 
 
 def read_reader(
@@ -128,21 +129,23 @@ def read_reader(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+        if "integer" not in pixel:  # refused from the header, before any voxel is decoded
+            raise ValueError(f"{path}: expected integer labels, got {pixel.removeprefix('vector of ')} voxels")
+        image = reader.Execute()
     except RuntimeError as exc:
         raise ValueError(f"{path}: cannot read as an image: {str(exc).strip().splitlines()[-1]}") from None
     keys = set(image.GetMetaDataKeys())
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:  # a multi-layer .seg.nrrd: one component per layer
-        layers = [np.ascontiguousarray(array[..., index]) for index in range(array.shape[-1])]
-    else:
-        layers = [array]
-    for layer in layers:
-        if not np.issubdtype(layer.dtype, np.integer):
-            raise ValueError(f"{path}: expected integer labels, got {layer.dtype} voxels")
-    if "Segment0_Name" in keys:
-        named = _seg_nrrd_segments(image, keys)
+    geometry = Geometry.of(image)
+    named = _seg_nrrd_segments(image, keys) if "Segment0_Name" in keys else None
+    layers = _layers(image)
+    del image  # the decoded file: from here only the layers are held
+    if named is not None:
+        pass
     elif label_names is not None:
         named = [(label, 0, value, None) for value, label in sorted(label_names.items())]
     else:
@@ -155,7 +158,18 @@ def read_reader(
         elif structure.id not in segments:
             segments[structure.id] = (layer, value)
     reader_name = name or path.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".nrrd").removesuffix(".seg")
-    return ReaderLabels(reader_name, path, Geometry.of(image), layers, segments, unmatched)
+    return ReaderLabels(reader_name, path, geometry, layers, segments, unmatched)
+
+
+def _layers(image) -> list[np.ndarray]:
+    """The label layers (k j i) copied once out of the decoded image: its buffer is viewed, never copied
+    whole, so reading holds at most twice the voxel data (a multi-layer file: one layer per component)."""
+    import SimpleITK as sitk
+
+    view = sitk.GetArrayViewFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return [np.ascontiguousarray(view[..., index]) for index in range(view.shape[-1])]
+    return [np.array(view)]
 
 
 def _seg_nrrd_segments(image, keys) -> list[tuple[str, int, int, str | None]]:

@@ -38,32 +38,74 @@ def read_image(path: str | Path):
         raise EngineError(f"{path}: cannot read as an image: {str(error).strip().splitlines()[-1]}") from None
 
 
+def _protocol_labels(info, result: EngineResult, protocol: Protocol) -> tuple[np.ndarray, list, dict, list]:
+    """The result on the protocol's segment structures only: (labels, segments, engine ids per structure id,
+    dropped engine structure names). Parts (lung lobes) join their whole; absent structures stay empty."""
+    matched = match_protocol(info, protocol, parts=True)
+    structures = [s for s in protocol.structures if s.kind == "segment"]
+    value_of = {s.id: value for value, s in enumerate(structures, start=1)}
+    lookup = np.zeros(int(result.labels.max(initial=0)) + 1, np.uint16)
+    sources: dict[str, list[str]] = {s.id: [] for s in structures}
+    dropped = []
+    for value, engine_id in sorted(result.names.items()):
+        structure = matched.get(engine_id)
+        if structure is None:
+            dropped.append(info.structure(engine_id).name)
+            continue
+        sources[structure.id].append(engine_id)
+        if value < len(lookup):
+            lookup[value] = value_of[structure.id]
+    labels = lookup[result.labels]
+    segments = [(value_of[s.id], s) for s in structures]
+    return labels, segments, sources, dropped
+
+
 def write_engine_result(path: str | Path, image, engine, result: EngineResult, protocol: Protocol | None) -> dict:
-    """Write the result as a ``.seg.nrrd`` (structures named and coded by the protocol where their codes
-    match, by the engine otherwise) with AI provenance tags; returns a per-structure summary."""
+    """Write the result as a ``.seg.nrrd`` with AI provenance tags; returns a per-structure summary.
+
+    With a protocol: one segment per protocol structure, named and coded by it, matched by code then by the
+    maintained name map (``core.structure_names``); engine structures the protocol lacks are dropped (listed in
+    ``dropped``), and protocol structures the engine did not produce are written empty (listed in ``empty``).
+    Without one: every engine structure, named and coded by the engine."""
     info = engine.info()
-    matched = match_protocol(info, protocol) if protocol is not None else {}
     geometry = Geometry.of(image)
     unit = float(np.prod(geometry.spacing)) / 1000.0
-    segments, tags, summary = [], {}, {}
-    for value, engine_id in sorted(result.names.items()):
-        structure = matched.get(engine_id) or info.structure(engine_id).as_structure()
-        segments.append((value, structure))
-        tags[structure.id] = prov.provenance_tags(result.provenance, result.confidence.get(engine_id))
+    if protocol is not None:
+        labels, segments, sources, dropped = _protocol_labels(info, result, protocol)
+    else:
+        labels, dropped = result.labels, []
+        segments = [(v, info.structure(e).as_structure()) for v, e in sorted(result.names.items())]
+        sources = {structure.id: [result.names[value]] for value, structure in segments}
+    tags, summary, empty = {}, {}, []
+    for value, structure in segments:
+        produced = sources[structure.id]
+        if not produced:
+            empty.append(structure.name)
+            continue
+        confidences = [result.confidence[e] for e in produced if result.confidence.get(e) is not None]
+        confidence = min(confidences) if confidences else None
+        tags[structure.id] = prov.provenance_tags(result.provenance, confidence)
         summary[structure.name] = {
             "structure_id": structure.id,
-            "engine_structure": engine_id,
-            "volume_ml": round(int(np.count_nonzero(result.labels == value)) * unit, 3),
-            "confidence": result.confidence.get(engine_id),
+            "engine_structure": ", ".join(produced),
+            "volume_ml": round(int(np.count_nonzero(labels == value)) * unit, 3),
+            "confidence": confidence,
         }
     path = Path(path)
     if not path.name.endswith(".seg.nrrd"):
         raise EngineError(f"{path}: the output must be a .seg.nrrd file")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial.nrrd")
-    write_seg_nrrd(partial, result.labels, geometry, segments, protocol, segment_tags=tags)
+    write_seg_nrrd(partial, labels, geometry, segments, protocol, segment_tags=tags)
     partial.replace(path)  # nothing half-written under the final name
-    return {"structures": summary, "uncertainty": result.uncertainty, "provenance": result.provenance}
+    return {
+        "structures": summary,
+        "protocol": protocol.label if protocol is not None else None,
+        "dropped": dropped,
+        "empty": empty,
+        "uncertainty": result.uncertainty,
+        "provenance": result.provenance,
+    }
 
 
 def presegment(

@@ -133,43 +133,55 @@ def _overlay_figure(result: ConsensusResult, item: StructureConsensus, image: np
     panels = len(item.masks) + 2
     figure, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 3.0))
     box2d = item.box[1:]
+    shape = item.masks[0].shape[1:]
     background = None
     if image is not None:
         background = _display(np.clip(image[k][box2d], -160, 240), direction)
-    extent_aspect = spacing[1] / spacing[2]
+    aspect = spacing[1] / spacing[2]  # a voxel is drawn as tall as its j spacing and as wide as its i spacing
     colours = dict(zip(item.readers, READER_COLOURS * 4, strict=False))
     for axis, (name, mask) in zip(axes, [*zip(item.readers, item.masks, strict=True)], strict=False):
-        _draw(axis, background, _display(mask[local_k], direction), colours[name], extent_aspect)
+        _panel(axis, background, shape, aspect)
+        _fill(axis, _display(mask[local_k], direction), colours[name], 0.35)
+        _outline(axis, _display(mask[local_k], direction), colours[name], 1.0)
         axis.set_title(name, fontsize=9, color=colours[name])
     consensus_axis, map_axis = axes[-2], axes[-1]
-    _draw(consensus_axis, background, None, None, extent_aspect)
+    _panel(consensus_axis, background, shape, aspect)
     for name, mask in zip(item.readers, item.masks, strict=True):
-        consensus_axis.contour(_display(mask[local_k], direction), levels=[0.5], colors=[colours[name]], linewidths=0.8)
-    consensus_axis.contourf(
-        _display(item.consensus[local_k].astype(float), direction), levels=[0.5, 1.5], colors=["#ffd400"], alpha=0.45
-    )
+        _outline(consensus_axis, _display(mask[local_k], direction), colours[name], 0.8)
+    _fill(consensus_axis, _display(item.consensus[local_k], direction), "#ffd400", 0.45)
     consensus_axis.set_title(f"consensus ({result.fusion})", fontsize=9)
-    if background is not None:
-        map_axis.imshow(background, cmap="gray", aspect=extent_aspect)
+    _panel(map_axis, background, shape, aspect)
     values = np.ma.masked_equal(_display(item.disagreement[local_k], direction), 0)
-    shown = map_axis.imshow(values, cmap="autumn_r", vmin=0, vmax=1, aspect=extent_aspect)
+    shown = map_axis.imshow(values, cmap="autumn_r", vmin=0, vmax=1, aspect=aspect)
     map_axis.set_title("disagreement", fontsize=9)
     figure.colorbar(shown, ax=map_axis, fraction=0.046)
     for axis in axes:
+        # contour() autoscales with y pointing up; pin every panel to the image's frame: row 0 on top.
+        axis.set_xlim(-0.5, shape[1] - 0.5)
+        axis.set_ylim(shape[0] - 0.5, -0.5)
+        axis.set_aspect(aspect)
         axis.set_xticks([])
         axis.set_yticks([])
     figure.suptitle(f"{item.structure.name}: slice k = {k}", fontsize=10)
     return _png(figure)
 
 
-def _draw(axis, background, mask, colour, aspect) -> None:
+def _panel(axis, background, shape, aspect) -> None:
+    """The case image under a panel, or black where there is none, drawn with row 0 at the top."""
     if background is not None:
         axis.imshow(background, cmap="gray", aspect=aspect)
-    elif mask is not None:
-        axis.imshow(np.zeros_like(mask, dtype=float), cmap="gray", vmin=0, vmax=1, aspect=aspect)
-    if mask is not None and mask.any():
-        axis.contourf(mask.astype(float), levels=[0.5, 1.5], colors=[colour], alpha=0.35)
-        axis.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
+    else:
+        axis.imshow(np.zeros(shape), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+
+
+def _fill(axis, mask: np.ndarray, colour: str, alpha: float) -> None:
+    if mask.any():
+        axis.contourf(mask.astype(float), levels=[0.5, 1.5], colors=[colour], alpha=alpha)
+
+
+def _outline(axis, mask: np.ndarray, colour: str, width: float) -> None:
+    if mask.any():
+        axis.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=width)
 
 
 def _overview_figure(result: ConsensusResult, image: np.ndarray | None) -> str | None:

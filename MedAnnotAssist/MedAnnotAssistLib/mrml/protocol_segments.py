@@ -15,6 +15,7 @@ import slicer
 
 from ..core.protocol import Protocol, Structure
 from ..core.protocol_check import ABSENT, COMPLETE, DRAFTED, PENDING, STATES, ProtocolCheck, check_masks
+from ..core.structure_names import match_name
 from ..core.terminology import TERMINOLOGY_TAG, TerminologyStringError, from_slicer_string, to_slicer_string
 from .segmentation import getTag, segmentIds, segmentMasks
 
@@ -58,8 +59,9 @@ def _terminologyKey(segment):
         return None
 
 
-def _findSegment(segmentation, structure: Structure, free: list[str]) -> tuple[str | None, str]:
-    """The segment a structure should use: by structure tag, by code, by id, then by name."""
+def _findSegment(segmentation, protocol: Protocol, structure: Structure, free: list[str]) -> tuple[str | None, str]:
+    """The segment a structure should use: by structure tag, by code, by id, by name, then through the
+    maintained name map (the one the server and the CLI use: ``portal_vein_and_splenic_vein``)."""
     segments = {segmentId: segmentation.GetSegment(segmentId) for segmentId in free}
     for segmentId, segment in segments.items():
         if getTag(segment, STRUCTURE_TAG) == structure.id:
@@ -74,6 +76,10 @@ def _findSegment(segmentation, structure: Structure, free: list[str]) -> tuple[s
     for segmentId, segment in segments.items():
         if segment.GetName().strip().lower() in names:
             return segmentId, "name"
+    for segmentId, segment in segments.items():
+        found, _how = match_name(protocol, segment.GetName())
+        if found is not None and found.id == structure.id:
+            return segmentId, "name map"
     return None, ""
 
 
@@ -113,7 +119,7 @@ def applyProtocol(segmentationNode, protocol: Protocol) -> AppliedProtocol:
             if structure.kind != "segment":
                 report.skipped.append(structure.id)
                 continue
-            segmentId, how = _findSegment(segmentation, structure, free)
+            segmentId, how = _findSegment(segmentation, protocol, structure, free)
             if segmentId is None:
                 segmentId = structure.id if segmentation.GetSegment(structure.id) is None else ""
                 segmentId = segmentation.AddEmptySegment(segmentId, structure.name, list(structure.color_rgb))

@@ -1,7 +1,8 @@
 """Images, cases, AI pre-segmentations, and what readers produced: submissions, consensus, final.
 
-Blinding: an annotator sees their own submissions only; other readers' work and the consensus become
-visible to them once the case is approved. Reviewers and admins see everything.
+Blinding (``duties``): a case's readers, whatever their other roles, see their own submissions only;
+other readers' work, the consensus and the final become visible to them once the case is approved.
+Reviewers and admins who do not read the case see everything; annotators see their own cases.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..auth import Access, ProjectAccess
 from ..cases import add_cases, attach_ai_segmentation, case_in_project, store_image
 from ..consensus_step import latest_submissions
 from ..dicom_ingest import ingest_dicom_series
+from ..duties import cases_read, may_see_others, reads_case, sees_others
 from ..errors import ApiError, not_found
 from ..models import ADMIN, ANNOTATOR, APPROVED, REVIEWER, Case, ConsensusResult, Image, Project, Submission, Task, User
 from ..schemas import MAX_ID, NAME_PATTERN, BulkCases, CaseId, ProjectId, SubmissionId
@@ -40,11 +42,11 @@ def multipart(request: Request) -> None:
 Multipart = Depends(multipart)
 
 
-def sees_others(access: ProjectAccess, case: Case) -> bool:
-    return access.has(REVIEWER) or case.state == APPROVED
-
-
-def case_view(session, case: Case, access: ProjectAccess) -> dict:
+def case_view(session, case: Case, access: ProjectAccess, reads: bool | None = None) -> dict:
+    """``reads``: whether the caller reads the case (looked up when not given)."""
+    if reads is None:
+        reads = reads_case(session, access.caller.id, case.id)
+    all_tasks = access.has(REVIEWER) and (not reads or case.state == APPROVED)
     tasks = session.execute(
         select(Task, User.name)
         .outerjoin(User, User.id == Task.holder_id)
@@ -54,7 +56,7 @@ def case_view(session, case: Case, access: ProjectAccess) -> dict:
     visible = [
         {"id": t.id, "kind": t.kind, "state": t.state, "round": t.round, "reader": name}
         for t, name in tasks
-        if access.has(REVIEWER) or access.caller.id in (t.holder_id, t.assignee_id)
+        if all_tasks or access.caller.id in (t.holder_id, t.assignee_id)
     ]
     return {
         "id": case.id,
@@ -66,8 +68,9 @@ def case_view(session, case: Case, access: ProjectAccess) -> dict:
         "dicomweb": json.loads(case.dicomweb_json) if case.dicomweb_json else None,
         "ai_segmentation": case.ai_seg_sha256,
         "ai_uncertainty": case.ai_uncertainty,
-        "final_sha256": case.final_sha256 if sees_others(access, case) else None,
+        "final_sha256": case.final_sha256 if sees_others(access, case, reads) else None,
         "tasks": visible,
+        "consensus": consensus_step.job_view(session, case.id) if sees_others(access, case, reads) else None,
     }
 
 
@@ -76,7 +79,7 @@ def upload_image(
     project_id: ProjectId, access: Access, services: Svc, image: Annotated[UploadFile, File()], _mp: None = Multipart
 ) -> dict:
     access.require(ADMIN)
-    return store_image(services, access.caller, image)
+    return store_image(services, access.caller, image, project_id=project_id)
 
 
 @router.post("/cases", status_code=201, summary="Upload an image as a new case with its annotate tasks (admin)")
@@ -90,7 +93,7 @@ def upload_case(
     _mp: None = Multipart,
 ) -> dict:
     access.require(ADMIN)
-    stored = store_image(services, access.caller, image)
+    stored = store_image(services, access.caller, image, project_id=project_id)
     return _case_of_image(services, access, project_id, stored, name, priority)
 
 
@@ -102,7 +105,7 @@ def _case_of_image(
         project = session.get(Project, project_id)
         spec = {"name": name, "image_sha256": stored["sha256"], "priority": priority}
         case = add_cases(session, access.caller, project, [spec])[0]
-        return case_view(session, case, access) | {"image": stored}
+        return case_view(session, case, access, reads=False) | {"image": stored}
 
 
 @router.post(
@@ -152,7 +155,9 @@ def list_cases(
         if not access.has(REVIEWER):
             mine = (Task.holder_id == access.caller.id) | (Task.assignee_id == access.caller.id)
             query = query.where(Case.id.in_(select(Task.case_id).where(mine)))
-        return [case_view(session, case, access) for case in session.execute(query).scalars()]
+        cases = session.execute(query).scalars().all()
+        read = cases_read(session, access.caller.id, [case.id for case in cases])
+        return [case_view(session, case, access, case.id in read) for case in cases]
 
 
 @router.get("/cases/{case_id}", summary="A case, its state and the tasks the caller may see")
@@ -209,7 +214,7 @@ def case_submissions(project_id: ProjectId, case_id: CaseId, access: Access, ser
             .where(Submission.case_id == case.id)
             .order_by(Submission.id)
         )
-        if not sees_others(access, case):
+        if not may_see_others(session, access, case):
             query = query.where(Submission.reader_id == access.caller.id)
         return [submission_view(row, name) for row, name in session.execute(query).all()]
 
@@ -220,9 +225,9 @@ def submission_file(project_id: ProjectId, submission_id: SubmissionId, access: 
         row = session.get(Submission, submission_id)
         if row is None or row.project_id != project_id:
             raise not_found("submission", submission_id)
-        case = session.get(Case, row.case_id)
-    if row.reader_id != access.caller.id and not sees_others(access, case):
-        raise ApiError(403, "blinded", "readers are blind to each other's work until the case is approved")
+        # blinded: answered as a missing id, so probing ids does not count the case's submissions
+        if row.reader_id != access.caller.id and not may_see_others(session, access, session.get(Case, row.case_id)):
+            raise not_found("submission", submission_id)
     path = services.blobs.path(row.sha256, ".seg.nrrd")
     return FileResponse(path, media_type="application/octet-stream", filename=f"submission-{row.id}.seg.nrrd")
 
@@ -233,8 +238,13 @@ def _consensus(services, access: ProjectAccess, project_id: int, case_id: int) -
         consensus = session.execute(
             select(ConsensusResult).where(ConsensusResult.case_id == case_id).order_by(ConsensusResult.round.desc())
         ).first()
-    if not sees_others(access, case):
-        raise ApiError(403, "blinded", "the consensus is shown to annotators only after the case is approved")
+        others = may_see_others(session, access, case)
+    if not others:
+        raise ApiError(
+            403,
+            "blinded",
+            "the consensus is shown to annotators and the case's readers only after the case is approved",
+        )
     if consensus is None:
         raise ApiError(404, "consensus_not_found", f"case {case_id} has no consensus yet (readers still working)")
     return case, consensus[0]
@@ -244,7 +254,8 @@ def _consensus(services, access: ProjectAccess, project_id: int, case_id: int) -
 def get_consensus(project_id: ProjectId, case_id: CaseId, access: Access, services: Svc) -> dict:
     case, consensus = _consensus(services, access, project_id, case_id)
     with services.database.reading() as session:
-        readers = [name for _row, name in latest_submissions(session, case_id)]
+        latest = latest_submissions(session, case_id)
+    readers = [name for _row, name in latest]
     return {
         "case_id": case_id,
         "round": consensus.round,
@@ -252,6 +263,7 @@ def get_consensus(project_id: ProjectId, case_id: CaseId, access: Access, servic
         "submission_ids": json.loads(consensus.submission_ids_json),
         "consensus_sha256": consensus.consensus_sha256,
         "agreement": json.loads(consensus.agreement_json),
+        "overrides": {name: json.loads(row.overrides_json) for row, name in latest},  # each reader's, by reader
     }
 
 
@@ -278,20 +290,30 @@ def consensus_file(
 def final_file(project_id: ProjectId, case_id: CaseId, access: Access, services: Svc):
     with services.database.reading() as session:
         case = case_in_project(session, project_id, case_id)
-    if not sees_others(access, case):
-        raise ApiError(403, "blinded", "the final segmentation is shown to annotators once the case is approved")
+        others = may_see_others(session, access, case)
+    if not others:
+        raise ApiError(
+            403,
+            "blinded",
+            "the final segmentation is shown to annotators and the case's readers once the case is approved",
+        )
     if not case.final_sha256:
         raise ApiError(404, "final_not_found", f"case {case_id} is not approved yet")
     path = services.blobs.path(case.final_sha256, ".seg.nrrd")
     return FileResponse(path, media_type="application/octet-stream", filename=f"{case.name}-final.seg.nrrd")
 
 
-@router.post("/cases/{case_id}/consensus", tags=["review"], summary="Finish a case whose readers are all in (admin)")
-def advance_case(project_id: ProjectId, case_id: CaseId, access: Access, services: Svc) -> dict:
+@router.post(
+    "/cases/{case_id}/consensus",
+    tags=["review"],
+    summary="Queue the consensus of a case whose readers are all in, or a failed one again (admin)",
+)
+def queue_consensus(project_id: ProjectId, case_id: CaseId, access: Access, services: Svc) -> dict:
     access.require(ADMIN)
     with services.database.reading() as session:
         case_in_project(session, project_id, case_id)
-    state = consensus_step.advance(services, case_id)
+    queued = consensus_step.enqueue(services, case_id, actor=access.caller.name)
     with services.database.reading() as session:
         case = session.get(Case, case_id)
-        return {"case_id": case_id, "state": case.state, "advanced": state is not None}
+        job = consensus_step.job_view(session, case_id)
+        return {"case_id": case_id, "state": case.state, "queued": queued, "consensus": job}

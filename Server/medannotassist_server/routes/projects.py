@@ -7,16 +7,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
-from sqlalchemy import select
+from sqlalchemy import String, and_, cast, or_, select
 
 from MedAnnotAssistLib.core.protocol import ProtocolError, bundled_protocol, parse_protocol
 
 from .. import audit
 from ..accounts import set_roles, user_named
 from ..auth import Access, CurrentCaller
+from ..duties import blinded_case_ids
 from ..errors import ApiError, not_found
 from ..export import export
-from ..models import ADMIN, REVIEWER, AuditEvent, Export, Membership, Project, User
+from ..models import ADMIN, REVIEWER, AuditEvent, Case, Export, Membership, Project, Task, User
 from ..progress import progress
 from ..schemas import MAX_ID, ExportId, ExportRequest, MemberRoles, ProjectCreate, ProjectId, UserName
 from ..services import Svc
@@ -132,7 +133,7 @@ def put_member(project_id: ProjectId, user_name: UserName, body: MemberRoles, ac
 def get_progress(project_id: ProjectId, access: Access, services: Svc) -> dict:
     access.require(REVIEWER)
     with services.database.reading() as session:
-        return progress(session, project_id)
+        return progress(session, project_id, blinded_case_ids(access.caller.id, project_id))
 
 
 @router.get("/{project_id}/audit", tags=["audit"], summary="The project's audit events, oldest first (project admin)")
@@ -145,12 +146,18 @@ def project_audit(
 ) -> list[dict]:
     access.require(ADMIN)
     with services.database.reading() as session:
-        rows = session.execute(
-            select(AuditEvent)
-            .where(AuditEvent.project_id == project_id, AuditEvent.seq > after)
-            .order_by(AuditEvent.seq)
-            .limit(limit)
-        ).scalars()
+        query = select(AuditEvent).where(AuditEvent.project_id == project_id, AuditEvent.seq > after)
+        blinded = blinded_case_ids(access.caller.id, project_id)
+        if session.execute(blinded.limit(1)).first() is not None:
+            # a case the caller reads: only their own events about it until it is approved (seq shows the gaps)
+            cases = select(cast(Case.id, String)).where(Case.id.in_(blinded))
+            tasks = select(cast(Task.id, String)).where(Task.case_id.in_(blinded))
+            about = or_(
+                and_(AuditEvent.entity == "case", AuditEvent.entity_id.in_(cases)),
+                and_(AuditEvent.entity == "task", AuditEvent.entity_id.in_(tasks)),
+            )
+            query = query.where(or_(AuditEvent.actor == access.caller.name, ~about))
+        rows = session.execute(query.order_by(AuditEvent.seq).limit(limit)).scalars()
         return [
             {
                 "seq": row.seq,

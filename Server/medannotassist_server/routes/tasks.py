@@ -8,10 +8,10 @@ from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from .. import claims, review, submissions
+from .. import claims, duties, review, submissions
 from ..auth import Access
 from ..errors import ApiError, not_found
-from ..models import ANNOTATE, ANNOTATOR, LEASED, REVIEW, REVIEWER, Task
+from ..models import ANNOTATE, ANNOTATOR, LEASED, REVIEW, REVIEWER, Case, Task
 from ..schemas import ClaimRequest, HeartbeatRequest, LeaseRequest, ProjectId, ReviewDecision, TaskId
 from ..services import Svc
 from .cases import Multipart
@@ -56,7 +56,7 @@ def claim(project_id: ProjectId, access: Access, request: Request, body: ClaimRe
     return JSONResponse({"task": task})
 
 
-@router.get("", summary="The caller's tasks that are leased now")
+@router.get("", summary="The caller's tasks that are leased now, with their lease ids")
 def my_tasks(project_id: ProjectId, access: Access, services: Svc) -> list[dict]:
     with services.database.reading() as session:
         rows = session.execute(
@@ -64,16 +64,19 @@ def my_tasks(project_id: ProjectId, access: Access, services: Svc) -> list[dict]
             .where(Task.project_id == project_id, Task.holder_id == access.caller.id, Task.state == LEASED)
             .order_by(Task.id)
         ).scalars()
-        return [claims.task_view(task) for task in rows]
+        return [claims.task_view(task, lease=True) for task in rows]
 
 
-@router.get("/{task_id}", summary="A task (its lease holder, reviewers and admins)")
+@router.get("/{task_id}", summary="A task (its holder; reviewers and admins who do not read its case)")
 def get_task(project_id: ProjectId, task_id: TaskId, access: Access, services: Svc) -> dict:
     with services.database.reading() as session:
         task = session.get(Task, task_id)
         if task is None or task.project_id != project_id:
             raise not_found("task", task_id)
-        if task.holder_id != access.caller.id and task.assignee_id != access.caller.id and not access.has(REVIEWER):
+        mine = access.caller.id in (task.holder_id, task.assignee_id)
+        if not mine and not (
+            access.has(REVIEWER) and duties.may_see_others(session, access, session.get(Case, task.case_id))
+        ):
             raise not_found("task", task_id)
         return claims.task_view(task)
 

@@ -3,8 +3,9 @@
 Options: Retain Longitudinal Temporal Information with Modified Dates (a per-project date shift), Clean Descriptors
 and Retain Patient Characteristics. Every replacement value (UIDs, pseudonyms, the date shift) is derived from a
 secret project key with HMAC-SHA-256, so the same input gives the same output in every file and every run of a
-project. Pixel data is never touched; files at risk of burned-in text go to ``needs-review/`` under OUT.
-See docs/deidentification.md.
+project. Attributes the table does not list are removed unless they are on the safe list (``deid_safe``), and
+coded items of local or private schemes are dropped. Pixel data is never touched; files at risk of burned-in text
+go to ``needs-review/`` under OUT. See docs/deidentification.md.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from pathlib import Path
 import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from MedAnnotAssistLib.core.dicom import DicomError
+from MedAnnotAssistLib.core.dicom.deid_read import read_for_deid
+from MedAnnotAssistLib.core.dicom.deid_safe import SAFE_UNLISTED_TAGS, is_local_code
 from MedAnnotAssistLib.core.dicom.deid_table import (
     OPTION_COLUMNS,
     ProfileRow,
@@ -80,6 +82,7 @@ _TYPE_UID_WORDS = ("Class", "TransferSyntax", "Creator", "CodingScheme", "Mappin
 _TYPE_UID_KEYWORDS = {"ContextUID", "HomeCommunityID", "RetrieveLocationUID", "SOPClassesInStudy"}
 _TEXT_VRS = {"LO", "LT", "SH", "ST", "UC", "UT", "PN"}
 _COMPOUND = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D"}
+_TYPE2_SEQUENCES = {0x00400555}  # Acquisition Context: the one X/Z sequence that is Type 2 (PS3.3 C.7.6.14)
 _PATIENT_TAGS = (0x00100010, 0x00100020)  # PatientName, PatientID: pseudonyms
 
 
@@ -95,6 +98,8 @@ class ActionCounts:
     dates_shifted: int = 0
     private_removed: int = 0
     pseudonymized: int = 0
+    unlisted_removed: int = 0  # neither in the table nor on the safe list
+    local_codes_removed: int = 0  # coded items of a local or private scheme
 
     def add(self, other: ActionCounts) -> None:
         for name, value in asdict(other).items():
@@ -148,7 +153,8 @@ class DeidSummary:
             f"Written to {self.out_dir}; {len(self.skipped)} skipped, {len(self.flagged)} flagged for review",
             f"Actions: {c.removed} removed, {c.emptied} emptied, {c.dummied} dummy values, {c.cleaned} cleaned, "
             f"{c.uids_remapped} UIDs remapped, {c.dates_shifted} dates shifted{shift}, "
-            f"{c.private_removed} private removed, {c.pseudonymized} pseudonyms",
+            f"{c.private_removed} private removed, {c.pseudonymized} pseudonyms, {c.unlisted_removed} removed as "
+            f"neither in the table nor on the safe list, {c.local_codes_removed} codes of local schemes removed",
         ]
         if self.flagged:
             lines.append(f"Flagged (written to {Path(self.out_dir) / NEEDS_REVIEW_DIR}; review before any upload):")
@@ -304,32 +310,31 @@ class Deidentifier:
         default = {(True, True): ImplicitVRLittleEndian, (False, False): ExplicitVRBigEndian}
         meta.TransferSyntaxUID = old.get("TransferSyntaxUID") or default.get((implicit, little), ExplicitVRLittleEndian)
         ds.file_meta = meta  # the source AE title and private meta elements are dropped with the old meta
+        if getattr(ds, "preamble", None):
+            ds.preamble = b"\0" * 128  # 128 free bytes before DICM: some writers put text there
 
     def _clean_dataset(self, ds: Dataset, counts: ActionCounts, basis: str) -> None:
         patient_id = str(ds.get("PatientID", "") or "").strip()
         basis = patient_id or basis  # a nested item naming another patient gets that patient's pseudonym
         self._drop_private(ds, counts)
-        tags = list(ds.keys())
-        overlay_groups = {tag >> 16 for tag in tags if tag >> 24 == 0x60 and tag & 0xFFFF == 0x3000}
-        for tag in tags:
-            group, element = tag >> 16, tag & 0xFFFF
-            if group == 0x7FE0 or tag not in ds:
-                continue  # pixel data is never altered
-            if element == 0 and group != 0x0002:
+        for tag in list(ds.keys()):
+            if tag not in ds:
+                continue
+            if tag & 0xFFFF == 0 and tag >> 16 != 0x0002:
                 del ds[tag]  # group lengths would be wrong after the changes
-            elif group in overlay_groups:
-                del ds[tag]  # Overlay Data is X: the rest of its overlay would describe nothing
-                counts.removed += 1
+            elif tag >> 16 & 1:
+                continue  # private: _drop_private decided
             elif tag in _PATIENT_TAGS:
                 new_id, new_name = self.pseudonym(basis)
                 ds[tag].value = new_id if tag == 0x00100020 else new_name
                 counts.pseudonymized += 1
-            else:
-                row = self.table.row_for(tag)
-                if row is None:
-                    self._unlisted(ds, tag, counts, basis)
-                else:
-                    self._apply(ds, tag, row, row.action(self._columns), counts, basis)
+            elif (row := self.table.row_for(tag)) is not None:
+                self._apply(ds, tag, row, row.action(self._columns), counts, basis)
+            elif tag in SAFE_UNLISTED_TAGS:
+                self._keep_safe(ds, tag, SAFE_UNLISTED_TAGS[tag].action, counts, basis)
+            else:  # the table does not know it: nothing says it cannot hold a name (e.g. (0010,0018))
+                del ds[tag]
+                counts.unlisted_removed += 1
 
     def _drop_private(self, ds: Dataset, counts: ActionCounts) -> None:
         keep, tags = set(), list(ds.keys())
@@ -343,19 +348,28 @@ class Deidentifier:
             counts.private_removed += 1
 
     def _recurse(self, ds: Dataset, tag: int, counts: ActionCounts, basis: str) -> None:
-        for item in ds[tag].value or []:
+        items = ds[tag].value
+        if not isinstance(items, Sequence):  # a UN value pydicom could not parse as items: unseen, so not kept
+            del ds[tag]
+            counts.removed += 1
+            return
+        kept = [item for item in items if not is_local_code(item)]  # an institution's own code names it
+        counts.local_codes_removed += len(items) - len(kept)
+        for item in kept:
             self._clean_dataset(item, counts, basis)
+        if len(kept) < len(items):
+            ds[tag].value = Sequence(kept)
 
-    def _unlisted(self, ds: Dataset, tag: int, counts: ActionCounts, basis: str) -> None:
-        """Attributes the table does not list are kept, but nested items, instance UIDs and dates still count."""
+    def _keep_safe(self, ds: Dataset, tag: int, action: str, counts: ActionCounts, basis: str) -> None:
+        """An attribute of the safe list: kept (sequence items cleaned, instance UIDs remapped) or emptied."""
         elem = ds[tag]
-        if elem.VR == "SQ":
+        if action == "Z":
+            elem.value = Sequence() if elem.VR == "SQ" else None
+            counts.emptied += 1
+        elif elem.VR == "SQ":
             self._recurse(ds, tag, counts, basis)
         elif elem.VR == "UI" and _is_instance_uid(tag):
             self._remap_uids(elem, counts)
-        elif elem.VR in ("DA", "DT") and elem.value not in (None, "") and not self._shift_dates(elem, counts):
-            ds[tag].value = None  # a date the table does not list is still a date of this patient's care
-            counts.emptied += 1
 
     def _apply(self, ds: Dataset, tag: int, row: ProfileRow, action: str, counts: ActionCounts, basis: str) -> None:
         elem = ds[tag]
@@ -373,6 +387,8 @@ class Deidentifier:
                 self._recurse(ds, tag, counts, basis)
                 return
             action = "D"
+        if action == "X/Z" and vr == "SQ" and tag not in _TYPE2_SEQUENCES:
+            action = "X"  # a Type 3 sequence must not be empty (e.g. Referenced Study Sequence)
         action = _COMPOUND.get(action, action)  # the choice that keeps any IOD valid (docs explain)
         if action == "X":
             del ds[tag]
@@ -447,58 +463,10 @@ def _is_instance_uid(tag: int) -> bool:
     return not (keyword in _TYPE_UID_KEYWORDS or any(word in keyword for word in _TYPE_UID_WORDS))
 
 
-def _read(path: Path) -> Dataset:
-    """The data set of ``path``; DicomError when it is not DICOM, cannot be read or is cut short."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        return _read_bare(path)  # no DICM preamble: maybe a bare data set, as old files were written
-    except Exception as error:
-        raise DicomError(f"{path.name}: unreadable DICOM ({type(error).__name__}: {error})") from error
-    eof = [str(w.message) for w in caught if "end of file" in str(w.message).lower() or "eof" in str(w.message).lower()]
-    if eof:
-        raise DicomError(f"{path.name}: truncated DICOM ({eof[0]})")
-    _check_complete(ds, path)
-    return ds
-
-
-def _read_bare(path: Path) -> Dataset:
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        tags = list(ds.keys())
-        # a real bare data set starts in a low standard group and has several attributes
-        if len(tags) >= 3 and (tags[0] >> 16) in (0x0002, 0x0008) and "SOPClassUID" in ds:
-            _check_complete(ds, path)
-            return ds
-    except DicomError:
-        raise
-    except Exception:
-        pass
-    raise DicomError(f"{path.name}: not a DICOM file")
-
-
-def _check_complete(ds: Dataset, path: Path) -> None:
-    """pydicom reads a cut-off file without complaint: the last element must end where the file ends."""
-    if not len(ds):
-        raise DicomError(f"{path.name}: truncated DICOM (no data set after the file meta information)")
-    last = ds.get_item(max(ds.keys()))
-    length, value, tell = getattr(last, "length", None), getattr(last, "value", None), getattr(last, "value_tell", None)
-    if length is None or length == 0xFFFFFFFF or value is None or tell is None:
-        return  # undefined length: pydicom warns when the delimiter is missing
-    size = path.stat().st_size
-    if len(value) < length:
-        raise DicomError(f"{path.name}: truncated DICOM (element {last.tag} has {len(value)} of its {length} bytes)")
-    if tell + length < size:
-        left = size - tell - length
-        raise DicomError(f"{path.name}: truncated DICOM (the file ends inside an element header, {left} bytes left)")
-
-
 def deidentify_file(path: str | Path, deidentifier: Deidentifier, counts: ActionCounts | None = None):
     """Read and de-identify one file: (data set ready to write, review reasons). DicomError names the file."""
     path = Path(path)
-    ds = _read(path)
+    ds = read_for_deid(path)
     media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
     if media_class == "1.2.840.10008.1.3.10":
         raise DicomError(f"{path.name}: a DICOMDIR (media index of names and IDs), not an instance; not copied")

@@ -68,14 +68,17 @@ def _iter_sources(path: Path) -> Iterator[tuple[str, Callable[[], object]]]:
         raise DicomError(f"{path}: no such file or folder")
 
 
-def read_datasets(path: str | Path, cancel=None) -> tuple[list[_Slice], list[tuple[str, str]]]:
+def read_datasets(path: str | Path, cancel=None, progress=None) -> tuple[list[_Slice], list[tuple[str, str]]]:
     """Every DICOM file under ``path`` (folder, zip or file) with its pixel data, and the files skipped."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     slices, skipped = [], []
-    for name, opener in _iter_sources(Path(path)):
+    sources = list(_iter_sources(Path(path)))
+    for number, (name, opener) in enumerate(sources):
         check_cancel(cancel)
+        if progress:
+            progress(number / len(sources), f"reading file {number + 1} of {len(sources)}")
         try:
             with warnings.catch_warnings(record=True) as noticed:
                 warnings.simplefilter("always")
@@ -117,8 +120,10 @@ def _has_pixels(dataset) -> bool:
 
 def read_all_series(path: str | Path, progress=None, cancel=None) -> list[DicomSeries]:
     """Every image series under ``path``, largest first. Series that are not images (SEG, RTSTRUCT,
-    reports) are reported in ``skipped`` of the first series."""
-    slices, skipped = read_datasets(path, cancel)
+    reports) are reported in ``skipped`` of the first series. ``progress``: reading the files is the first
+    30 % of it, decoding the slices the rest."""
+    report = progress or (lambda fraction, message: None)
+    slices, skipped = read_datasets(path, cancel, lambda f, m: report(0.3 * f, m))
     groups: dict[str, list[_Slice]] = defaultdict(list)
     for item in slices:
         if not _has_pixels(item.dataset):
@@ -128,12 +133,16 @@ def read_all_series(path: str | Path, progress=None, cancel=None) -> list[DicomS
     if not groups:
         found = f"; skipped: {_list(skipped)}" if skipped else ""
         raise DicomError(f"{path}: no DICOM image series found{found}")
-    series = []
+    series, total, done = [], len(slices), 0
     for number, items in enumerate(sorted(groups.values(), key=len, reverse=True)):
         check_cancel(cancel)
-        series.append(_build(items, [] if number else skipped))
-        if progress:
-            progress((number + 1) / len(groups), f"series {number + 1} of {len(groups)}")
+
+        def decoded(count: int, first=done) -> None:
+            report(0.3 + 0.7 * (first + count) / total, f"decoding slice {first + count} of {total}")
+
+        series.append(_build(items, [] if number else skipped, decoded))
+        done += len(items)
+    report(1.0, f"{len(series)} series")
     return series
 
 
@@ -174,7 +183,7 @@ def _vector(dataset, keyword: str, length: int, source: str) -> np.ndarray:
     return np.asarray([float(v) for v in value])
 
 
-def _build(items: list[_Slice], skipped: list[tuple[str, str]]) -> DicomSeries:
+def _build(items: list[_Slice], skipped: list[tuple[str, str]], decoded=None) -> DicomSeries:
     first = items[0].dataset
     name = f"series {first.SeriesInstanceUID}"
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
@@ -194,7 +203,7 @@ def _build(items: list[_Slice], skipped: list[tuple[str, str]]) -> DicomSeries:
         slice_spacing = float(np.mean(gaps))
     else:
         slice_spacing = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
-    array = _stack_pixels(items)
+    array = _stack_pixels(items, decoded)
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
@@ -277,8 +286,9 @@ def _sort_and_check(items: list[_Slice], name: str) -> tuple[np.ndarray, list[np
     return directions, positions, items
 
 
-def _stack_pixels(items: list[_Slice]) -> np.ndarray:
-    """The slices' stored values with each slice's rescale applied; integers stay integers."""
+def _stack_pixels(items: list[_Slice], decoded=None) -> np.ndarray:
+    """The slices' stored values with each slice's rescale applied; integers stay integers.
+    ``decoded(count)`` hears how many slices are done."""
     slopes = [float(item.dataset.get("RescaleSlope", 1) or 1) for item in items]
     intercepts = [float(item.dataset.get("RescaleIntercept", 0) or 0) for item in items]
     integral = all(s.is_integer() for s in slopes) and all(i.is_integer() for i in intercepts)
@@ -292,6 +302,8 @@ def _stack_pixels(items: list[_Slice]) -> np.ndarray:
         if slope != 1 or intercept != 0:
             pixels = pixels.astype(np.float64) * slope + intercept
         planes.append(pixels)
+        if decoded:
+            decoded(len(planes))
     array = np.stack(planes)
     if integral:
         low, high = float(array.min()), float(array.max())

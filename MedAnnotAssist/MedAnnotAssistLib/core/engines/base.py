@@ -20,11 +20,10 @@ import numpy as np
 
 from ..jobs import CancelCallback, ProgressCallback
 from ..protocol import Code, Protocol, Structure, Terminology
-
-ANATOMY = Code("SCT", "123037004", "Anatomical Structure")
-TISSUE = Code("SCT", "85756007", "Tissue")
-LEFT = Code("SCT", "7771000", "Left")
-RIGHT = Code("SCT", "24028007", "Right")
+from ..structure_names import ANATOMY, match_name
+from ..structure_names import LEFT as LEFT  # re-exported: the codes engines build their structures from
+from ..structure_names import RIGHT as RIGHT
+from ..structure_names import TISSUE as TISSUE
 
 
 class EngineError(ValueError):
@@ -137,21 +136,16 @@ class Engine(ABC):
         return [info.structure(s).id for s in structures]
 
 
-def _same(a: Code | None, b: Code | None) -> bool:
-    return a is None and b is None or (a is not None and a.same_concept(b))
-
-
-def match_protocol(info: EngineInfo, protocol: Protocol) -> dict[str, Structure]:
-    """Engine structure id -> protocol structure, by type code and modifier, else by id or name."""
+def match_protocol(info: EngineInfo, protocol: Protocol, parts: bool = False) -> dict[str, Structure]:
+    """Engine structure id -> protocol structure, by code, then by the maintained name map
+    (``core.structure_names.match_name``); with ``parts``, a part (a lung lobe) maps onto its whole."""
     matched = {}
     for item in info.structures:
-        for structure in protocol.structures:
-            same_codes = _same(item.terminology.type, structure.terminology.type) and _same(
-                item.terminology.type_modifier, structure.terminology.type_modifier
-            )
-            if same_codes or item.id == structure.id or item.name.casefold() == structure.name.casefold():
-                matched[item.id] = structure
-                break
+        structure, _ = match_name(protocol, item.id, item.terminology, parts)
+        if structure is None:
+            structure, _ = match_name(protocol, item.name, None, parts)
+        if structure is not None:
+            matched[item.id] = structure
     return matched
 
 

@@ -39,8 +39,9 @@ from urllib import parse, request
 import numpy as np
 
 from ..jobs import check_cancel
+from ..structure_names import canonical_name
 from .base import Engine, EngineError, EngineInfo, EngineResult, EngineUnavailable, check_image, provenance
-from .totalsegmentator import canonical_name, fragmentation, structure_for
+from .totalsegmentator import fragmentation, structure_for
 
 ADAPTER_VERSION = "1.0.0"
 START_HINT = "start one with: monailabel start_server --app APP_DIR --studies STUDIES_DIR"

@@ -13,11 +13,10 @@ download weights on first use. Weights are looked up as TotalSegmentator 2.x doe
 ``totalseg_download_weights -t total_fast`` (or ``-t total``).
 
 Label values are named from, in order: the label table TotalSegmentator writes into the output's NIfTI
-header extension, its installed ``map_to_binary.class_map[task]``, and a built-in table of the "total"
-classes our protocols use. Names map to DICOM codes: the codes of the bundled protocols' structures with
-that id (``portal_vein_and_splenic_vein`` is the protocol's ``portal_vein``), then a few SNOMED CT codes
-for classes no protocol uses yet, else the generic "Anatomical structure" code. The MONAI Label engine
-uses the same table (``structure_for``).
+header extension, its installed ``map_to_binary.class_map[task]``, and the built-in table of the "total"
+classes (``core.structure_names.TOTAL_CLASSES``). Names map to DICOM codes through the maintained name map,
+``core.structure_names`` (``portal_vein_and_splenic_vein`` is the protocol's ``portal_vein``), else the
+generic "Anatomical structure" code. The MONAI Label engine uses the same map (``structure_for``).
 
 TotalSegmentator gives no probabilities: structures carry no confidence (reported as unknown), and the
 case uncertainty is a shape proxy, ``fragmentation()``: the fraction of labelled voxels outside the
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import shutil
 import signal
 import struct
@@ -36,17 +34,14 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from ..jobs import CancelledError
-from ..protocol import Code, Terminology, bundled_protocols
+from ..protocol import Terminology
+from ..structure_names import ANATOMY, GENERIC, TOTAL_CLASSES, canonical_name, coded, color_for
 from .base import (
-    ANATOMY,
-    LEFT,
-    RIGHT,
     Engine,
     EngineError,
     EngineInfo,
@@ -58,18 +53,8 @@ from .base import (
 )
 
 ADAPTER_VERSION = "1.0.0"
-GENERIC = Code("SCT", "91723000", "Anatomical structure")
 INSTALL_HINT = "pip install TotalSegmentator, then totalseg_download_weights -t total_fast"
 
-# TotalSegmentator 2.x "total" classes that our protocols (or common tasks) use: value -> class name
-TOTAL_CLASSES = {
-    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach", 7: "pancreas",
-    8: "adrenal_gland_right", 9: "adrenal_gland_left", 10: "lung_upper_lobe_left", 11: "lung_lower_lobe_left",
-    12: "lung_upper_lobe_right", 13: "lung_middle_lobe_right", 14: "lung_lower_lobe_right", 15: "esophagus",
-    16: "trachea", 17: "thyroid_gland", 18: "small_bowel", 19: "duodenum", 20: "colon", 21: "urinary_bladder",
-    22: "prostate", 51: "heart", 52: "aorta", 62: "superior_vena_cava", 63: "inferior_vena_cava",
-    64: "portal_vein_and_splenic_vein", 79: "spinal_cord", 90: "brain", 116: "sternum",
-}  # fmt: skip
 # nnU-Net dataset ids of each task's weights (map_tasks_config.TASK_CONFIGS), by (task, fast)
 TASK_DATASETS = {
     ("total", True): (297,),
@@ -77,77 +62,16 @@ TASK_DATASETS = {
     ("total_mr", True): (852,),
     ("total_mr", False): (850, 851),
 }
-# other names -> the bundled protocols' structure id (or an _EXTRA key) with the same concept
-_ALIASES = {
-    "portal_vein_and_splenic_vein": "portal_vein", "portal_and_splenic_vein": "portal_vein",
-    "thyroid_gland": "thyroid", "oesophagus": "esophagus", "gall_bladder": "gallbladder", "ivc": "inferior_vena_cava",
-    "postcava": "inferior_vena_cava", "vena_cava_inferior": "inferior_vena_cava", "svc": "superior_vena_cava",
-    "lungs": "lung", "kidneys": "kidney", "small_intestine": "small_bowel", "bladder": "urinary_bladder",
-    "adrenal": "adrenal_gland", "clavicula": "clavicle", "iliac_vena": "iliac_vein",
-}  # fmt: skip
-# SNOMED CT codes (as in Slicer's DICOM master list) for concepts no bundled protocol uses yet
-_EXTRA = {
-    "lung": ("Lung", "39607008"), "kidney": ("Kidney", "64033007"), "adrenal_gland": ("Adrenal gland", "23451007"),
-    "trachea": ("Trachea", "44567001"),
-    "small_bowel": ("Small intestine", "30315005"), "colon": ("Colon", "71854001"),
-    "urinary_bladder": ("Urinary bladder", "89837001"), "prostate": ("Prostate", "41216001"),
-    "heart": ("Heart", "80891009"), "superior_vena_cava": ("Superior vena cava", "48345005"),
-    "sacrum": ("Sacrum", "54735007"), "sternum": ("Sternum", "56873002"), "skull": ("Skull", "89546000"),
-    "femur": ("Femur", "71341001"), "humerus": ("Humerus", "85050009"), "scapula": ("Scapula", "79601000"),
-    "clavicle": ("Clavicle", "51299004"), "iliac_artery": ("Common iliac artery", "73634005"),
-    "iliac_vein": ("Common iliac vein", "46027005"),
-}  # fmt: skip
-_LOBES = {  # lobes are their own concepts, not "lung" with a modifier
-    "lung_upper_lobe_left": ("Upper lobe of left lung", "44714003"),
-    "lung_lower_lobe_left": ("Lower lobe of left lung", "90572001"),
-    "lung_upper_lobe_right": ("Upper lobe of right lung", "45653009"),
-    "lung_middle_lobe_right": ("Middle lobe of right lung", "72481006"),
-    "lung_lower_lobe_right": ("Lower lobe of right lung", "50837003"),
-}
-_SIDES = {"left": "left", "l": "left", "lt": "left", "right": "right", "r": "right", "rt": "right"}
-_PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
 _STAGES = (("Resampling", 0.1), ("Predicting", 0.2), ("Predicted in", 0.8), ("Resampling", 0.85), ("Saving", 0.95))
-
-
-@cache
-def _protocol_structures() -> dict:
-    """Structure id -> the first bundled protocol structure with that id."""
-    index = {}
-    for protocol in bundled_protocols():
-        for structure in protocol.structures:
-            index.setdefault(structure.id, structure)
-    return index
-
-
-def canonical_name(name: str) -> str:
-    """``Left Kidney``, ``kidney_L``, ``left-kidney`` -> ``kidney_left``; other names -> lower_snake_case."""
-    words = [w for w in re.split(r"[^a-z0-9]+", name.casefold()) if w and w != "the"]
-    sides = [_SIDES[w] for w in words if w in _SIDES]
-    base = "_".join(w for w in words if w not in _SIDES) or "structure"
-    base = _ALIASES.get(base, base)
-    return f"{base}_{sides[0]}" if len(sides) == 1 else base
 
 
 def known_structure(name: str, structure_id: str | None = None) -> EngineStructure | None:
     """The coded structure for an engine's class name, or None when no code is known for it."""
-    key = canonical_name(name)
-    structure_id = structure_id or key
-    found = _protocol_structures().get(key)
-    if found is not None:
-        return EngineStructure(structure_id, found.name, found.color, found.terminology)
-    color = _PALETTE[sum(map(ord, key)) % len(_PALETTE)]
-    if key in _LOBES:
-        meaning, value = _LOBES[key]
-        return EngineStructure(structure_id, meaning, color, Terminology(ANATOMY, Code("SCT", value, meaning)))
-    base, _, side = key.rpartition("_")
-    if side not in ("left", "right"):
-        base, side = key, ""
-    if base not in _EXTRA:
+    found = coded(name)
+    if found is None:
         return None
-    meaning, value = _EXTRA[base]
-    modifier = {"left": LEFT, "right": RIGHT}.get(side)
-    label = f"{side.capitalize()} {meaning.lower()}" if modifier else meaning
-    return EngineStructure(structure_id, label, color, Terminology(ANATOMY, Code("SCT", value, meaning), modifier))
+    label, color, terminology = found
+    return EngineStructure(structure_id or canonical_name(name), label, color, terminology)
 
 
 def structure_for(name: str, structure_id: str | None = None) -> EngineStructure:
@@ -156,8 +80,7 @@ def structure_for(name: str, structure_id: str | None = None) -> EngineStructure
     if found is not None:
         return found
     key = structure_id or canonical_name(name)
-    color = _PALETTE[sum(map(ord, key)) % len(_PALETTE)]
-    return EngineStructure(key, name.replace("_", " ").strip() or key, color, Terminology(ANATOMY, GENERIC))
+    return EngineStructure(key, name.replace("_", " ").strip() or key, color_for(key), Terminology(ANATOMY, GENERIC))
 
 
 def fragmentation(labels: np.ndarray) -> float:
