@@ -13,8 +13,8 @@ An HTML comment on the line before a fence changes how it runs (invisible on the
   waits until ``http://127.0.0.1:PORT/api/v1/health`` answers; it is stopped when the page ends.
 - ``<!-- doc-test: exit N -->``: the block must end with exit status N (a refusal the page shows).
 
-The one rewrite: the port 8000 that the pages use becomes a free port, so a test never meets a server
-that happens to run on this machine.
+The one rewrite: the port 8000 that the pages use becomes a free port (in URLs, ``--port`` and
+``MEDANNOT_PORT``), so a test never meets a server that happens to run on this machine.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def script(page_blocks: list[Block], port: int) -> str:
     """One bash script running a page's blocks in order; each announces itself on stderr first."""
     parts = [
         "set -euo pipefail",
+        f"export MEDANNOT_PORT={port}",  # `medannot serve` without --port listens where the page's URLs now point
         "MEDANNOT_DOC_BACKGROUND=()",
         # a background block runs in its own process group: stop the whole group (uvicorn's workers too)
         'trap \'for pid in "${MEDANNOT_DOC_BACKGROUND[@]}"; do kill -TERM -- -"$pid" 2>/dev/null || true; done\' EXIT',
