@@ -2,9 +2,10 @@
 
 A page's runnable blocks are its fences tagged ``sh``, ``bash`` or ``python``. They run one after the
 other in one bash script (shell variables carry from block to block; each Python block is its own
-``.venv/bin/python`` process), from a new folder that holds only a link to the repository's ``.venv``
-and, under ``var/sample-data/``, the sample scans that ``medannot sample-data`` fetches. So a page can
-only use what it creates or fetches itself, exactly as a new user would.
+``.venv/bin/python`` process), from a new folder that looks like a fresh checkout: links to the
+repository's files and ``.venv``, and a new ``var/`` holding only the sample scans that
+``medannot sample-data`` fetches. So a page can only use what it creates or fetches itself, exactly as a
+new user would.
 
 An HTML comment on the line before a fence changes how it runs (invisible on the rendered page):
 

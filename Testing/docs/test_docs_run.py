@@ -1,6 +1,6 @@
 """Every shell and Python block of README.md and docs/*.md runs, as a new user would run it.
 
-Each page runs in a fresh workspace (see ``runner``): nothing but ``.venv`` and the sample scans that
+Each page runs in a fresh workspace (see ``runner``): the checkout's files, ``.venv`` and the sample scans that
 ``medannot sample-data`` would fetch. A block that cannot run here is marked ``skip`` with the reason.
 """
 
@@ -37,9 +37,13 @@ def sample_cache(tmp_path_factory, sample_dir) -> Path:
 
 
 def _workspace(root: Path, cache: Path) -> tuple[Path, dict[str, str]]:
+    """A checkout as a new user has it: the repository's files (linked), its .venv, and a fresh ``var/``
+    holding only what ``medannot sample-data`` fetches."""
     workspace = root / "workspace"
     (workspace / "var").mkdir(parents=True)
-    (workspace / ".venv").symlink_to(REPO / ".venv")
+    for entry in REPO.iterdir():
+        if entry.name not in ("var", ".git") and not entry.name.endswith("_cache"):
+            (workspace / entry.name).symlink_to(entry)
     shutil.copytree(cache, workspace / "var" / "sample-data", symlinks=True)
     home = root / "home"
     home.mkdir()
