@@ -59,11 +59,33 @@ def _workspace(root: Path, cache: Path) -> tuple[Path, dict[str, str]]:
     return workspace, env
 
 
+# what some pages must print, beyond running: the outcome they promise
+PROMISED = {
+    # the whole reading study: refusal and override, blinding, consensus job, return round, approvals, export, audit
+    "docs/queue-api.md": [
+        '{"code":"protocol_rules_failed","failures":["Pancreas: volume 17.4 ml, expected 20-200 ml"',
+        '{"reader":"carol","case_id":2,"case_complete":true}',
+        '{"code":"blinded"',
+        '{"state":"done","attempts":1,',
+        '{"case_state":"annotating","round":2,"returned_to":["carol"]}',
+        '{"case_id":1,"round":2,"comment":"right kidney: remove the island below the liver"}',
+        '{"case_id":2,"case_state":"approved"}',
+        '{"case_id":1,"case_state":"approved","round":2}',
+        '"cases":2,"download":"/api/v1/projects/',
+        "labelsTr/abdomen-1.nii.gz",
+        "labelsTr/abdomen-2.nii.gz",
+        "audit chain ok",
+    ],
+}
+
+
 @pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_page_runs(page, tmp_path, sample_cache):
     workspace, env = _workspace(tmp_path, sample_cache)
     status, output = run_page(blocks(page), workspace, env)
     assert status == 0, f"{failing_block(output)} failed (exit {status}):\n{output[-6000:]}"
+    missing = [text for text in PROMISED.get(str(page.relative_to(REPO)), []) if text not in output]
+    assert missing == [], output[-6000:]
 
 
 def test_every_skip_says_why():
@@ -111,3 +133,20 @@ def test_the_runner_reports_the_failing_block(tmp_path, sample_cache):
     assert status != 0
     assert "python runs" in output and "hello" in output
     assert failing_block(output).endswith("page.md:14")
+
+
+def test_readme_lists_what_make_run_writes(tmp_path, sample_cache):
+    """The README's table of `make run`'s files is exactly what its command (`medannot demo`) writes."""
+    import subprocess
+
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| file in `var/cases/example_ct_sm/` |") :].split("\n\n", 1)[0]
+    listed = {name for row in table.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    assert "demo --data-dir var" in (REPO / "Makefile").read_text()
+    workspace, env = _workspace(tmp_path, sample_cache)
+    done = subprocess.run(
+        [".venv/bin/medannot", "demo", "--data-dir", "var", "-q"], cwd=workspace, env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = {path.name for path in (workspace / "var" / "cases" / "example_ct_sm").iterdir()}
+    assert listed == written
