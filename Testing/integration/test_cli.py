@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from MedAnnotAssistLib.core.sample_data import SAMPLE_FILES, load_label_names
+from MedAnnotAssistLib.core.sample_data import SAMPLE_FILES, SAMPLE_SERIES, load_label_names
 
 MEDANNOT = [str(Path(sys.executable).parent / "medannot")]
 
@@ -104,8 +104,11 @@ def test_sample_data_is_fetched_through_pip_and_cached(tmp_path, sample_dir):
     first = run("sample-data", "--dest", dest)
     assert first.returncode == 0, first.stderr
     printed = {Path(line).name for line in first.stdout.splitlines()}
-    assert printed == {*SAMPLE_FILES, "labels_total.json"}
-    for name in [*SAMPLE_FILES, "labels_total.json"]:
+    assert printed == {*SAMPLE_FILES, *SAMPLE_SERIES, "labels_total.json"}
+    files = [*SAMPLE_FILES, "labels_total.json"]
+    files += [f"{folder}/{p.name}" for folder in SAMPLE_SERIES for p in (sample_dir / folder).iterdir()]
+    assert len(files) == len(SAMPLE_FILES) + 1 + 20
+    for name in files:
         ours = hashlib.sha256((dest / name).read_bytes()).hexdigest()
         assert ours == hashlib.sha256((sample_dir / name).read_bytes()).hexdigest(), name
     second = run("sample-data", "--dest", dest)

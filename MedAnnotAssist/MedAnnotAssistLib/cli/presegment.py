@@ -107,7 +107,7 @@ def add_commands(commands) -> None:
         else:
             parser.add_argument("image", type=Path, help="image file (NIfTI, NRRD) or a DICOM series folder")
             parser.add_argument("--out", required=True, type=Path, help="output .seg.nrrd")
-            parser.add_argument("--quiet", action="store_true", help="no progress bar")
+            parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         parser.add_argument("--engine", default="ct", help="engine name (see `medannot engines`)")
         parser.add_argument("--protocol", help="bundled protocol id or file: name and code segments by it")
         parser.add_argument("--structures", help="comma-separated engine structure ids (default: all)")

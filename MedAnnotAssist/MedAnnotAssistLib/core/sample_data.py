@@ -27,7 +27,10 @@ SAMPLE_FILES = {
     "example_seg.nii.gz": "TotalSegmentator segmentation of example_ct_sm (normal model)",
     "example_seg_fast.nii.gz": "TotalSegmentator segmentation of example_ct_sm (fast model): a second reader",
     "example_mr_sm.nii.gz": "MR abdomen, small volume",
+    "example_seg_dicom.nii.gz": "TotalSegmentator segmentation of the DICOM series below",
 }
+# folders of DICOM files, copied whole
+SAMPLE_SERIES = {"example_ct_dicom": "contrast CT of the upper abdomen, DICOM, 20 slices of 512x512, JPEG 2000"}
 LABELS_FILE = "labels_total.json"
 MANIFEST_FILE = "manifest.json"
 
@@ -40,6 +43,32 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _paths(dest: Path) -> dict[str, Path]:
+    return {name: dest / name for name in [*SAMPLE_FILES, *SAMPLE_SERIES, LABELS_FILE]}
+
+
+def _digests(dest: Path) -> dict[str, str] | None:
+    """SHA-256 of every sample file under ``dest`` (series files by relative path); None if one is missing."""
+    digests = {}
+    for name, path in _paths(dest).items():
+        files = sorted(p for p in path.iterdir() if p.is_file()) if name in SAMPLE_SERIES and path.is_dir() else [path]
+        if not files or not all(f.is_file() for f in files):
+            return None
+        digests.update({f.relative_to(dest).as_posix(): _sha256(f) for f in files})
+    return digests
+
+
+def write_manifest(dest: str | Path) -> None:
+    """Record the sample files now in ``dest`` as the cache (what a completed download writes)."""
+    dest = Path(dest)
+    manifest = {
+        "source": f"PyPI sdist {PACKAGE}=={VERSION}, {REFERENCE_DIR}",
+        "license": "code Apache-2.0; scans CC BY 4.0 (doi 10.5281/zenodo.6802613)",
+        "sha256": _digests(dest),
+    }
+    (dest / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+
+
 def _cached(dest: Path) -> dict[str, Path] | None:
     manifest = dest / MANIFEST_FILE
     if not manifest.is_file():
@@ -48,11 +77,8 @@ def _cached(dest: Path) -> dict[str, Path] | None:
         recorded = json.loads(manifest.read_text())["sha256"]
     except (ValueError, KeyError):
         return None
-    paths = {name: dest / name for name in [*SAMPLE_FILES, LABELS_FILE]}
-    for name, path in paths.items():
-        if not path.is_file() or recorded.get(name) != _sha256(path):
-            return None
-    return paths
+    digests = _digests(dest)
+    return _paths(dest) if digests is not None and digests == recorded else None
 
 
 def _class_map(source: str) -> dict[int, str]:
@@ -104,17 +130,20 @@ def fetch_sample_data(dest: str | Path, log: Callable[[str], None] = print) -> d
                 except KeyError:
                     raise SampleDataError(f"{archive.name} has no {REFERENCE_DIR}{name}") from None
                 (dest / name).write_bytes(member.read())
+            for folder in SAMPLE_SERIES:
+                prefix = f"{REFERENCE_DIR}{folder}/"
+                members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(prefix)]
+                if not members:
+                    raise SampleDataError(f"{archive.name} has no {prefix}")
+                (dest / folder).mkdir(exist_ok=True)
+                for member in members:
+                    # flat file names only: a member path never chooses where a file goes
+                    (dest / folder / Path(member.name).name).write_bytes(tar.extractfile(member).read())
             class_map = _class_map(tar.extractfile(CLASS_MAP_FILE).read().decode("utf-8"))
     (dest / LABELS_FILE).write_text(json.dumps({str(k): v for k, v in sorted(class_map.items())}, indent=1))
-    paths = {name: dest / name for name in [*SAMPLE_FILES, LABELS_FILE]}
-    manifest = {
-        "source": f"PyPI sdist {PACKAGE}=={VERSION}, {REFERENCE_DIR}",
-        "license": "code Apache-2.0; scans CC BY 4.0 (doi 10.5281/zenodo.6802613)",
-        "sha256": {name: _sha256(path) for name, path in paths.items()},
-    }
-    (dest / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    write_manifest(dest)
     log(f"sample data written to {dest}")
-    return paths
+    return _paths(dest)
 
 
 def load_label_names(path: str | Path) -> dict[int, str]:
