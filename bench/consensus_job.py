@@ -3,8 +3,9 @@
 Data: the sample CT ``example_ct_sm`` resampled (linear, int16) to 512 x 512 x 300 over the same extent, and
 five readers on that grid (nearest neighbour): TotalSegmentator's full and fast models of it (the 13
 structures of ``abdominal-organs``), reader 1 shifted 2 voxels along j, reader 1 shifted 2 voxels along i,
-reader 2 shifted 2 voxels along j (shifts keep every structure's volume and components, so the protocol's
-rules pass). Each reader is a gzip ``.seg.nrrd`` as Slicer writes it.
+reader 2 shifted 2 voxels along j (shifts keep every structure's volume and components). The sample is
+cropped, so its pancreas is cut: every reader gives the reason, as readers of a cropped scan would. Each
+reader is a gzip ``.seg.nrrd`` as Slicer writes it.
 
 Run: one ``medannot serve`` (SQLite in a new data directory, its default job thread), a five-reader project
 with review on, the image uploaded once. Per repeat a new case: four readers claim and submit, then the
@@ -44,13 +45,15 @@ from bench.presegment import resampled
 from MedAnnotAssistLib.core.labelio import Geometry, write_seg_nrrd, write_volume
 from MedAnnotAssistLib.core.protocol import bundled_protocol
 from Testing.readers import ABDOMEN_LABELS
-from Testing.server.harness import Api, ServerProcess, create_site_admin
+from Testing.server.harness import SAMPLE_OVERRIDES, Api, ServerProcess, create_site_admin
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MEDANNOT_SHARED_DATA", REPO.parent / "shared" / "data" / "totalseg-example"))
 SECTION = "## Consensus job (task-queue server)"
 READERS, SHIFT = 5, 2
 GOAL_S = 1.0
+# the sample CT is cropped: its pancreas is cut (the protocol's rules block it unless a reason is given)
+METADATA = {"time_spent_s": 600.0, "overrides": SAMPLE_OVERRIDES}
 
 
 def shifted(labels: np.ndarray, axis: int) -> np.ndarray:
@@ -134,7 +137,7 @@ def run_server(label: str, pythonpath: str | None, image: Path, readers: list[Pa
             for user, path in zip(users, readers, strict=True):
                 task = user.claim(project)
                 started = time.perf_counter()
-                response = user.submit(project, task, path, key=f"{user.name}-{case_id}")
+                response = user.submit(project, task, path, METADATA, key=f"{user.name}-{case_id}")
                 seconds.append(time.perf_counter() - started)
                 assert response.status_code == 201, response.text
             answered = time.perf_counter()

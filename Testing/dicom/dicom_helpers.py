@@ -89,3 +89,12 @@ def without_codes(protocol: Protocol, structure_id: str) -> Protocol:
 def with_other_series_uid(series, uid: str = "1.2.826.0.1.3680043.8.498.1234567890"):
     """The same slices presented as another series (as if the SEG's own series were not loaded)."""
     return dataclasses.replace(series, series_uid=uid)
+
+
+def walk_elements(ds):
+    """Every element of a dataset, depth first, into every item of every sequence."""
+    for elem in ds:
+        yield elem
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                yield from walk_elements(item)

@@ -31,6 +31,7 @@ from MedAnnotAssistLib.core.dicom.deid import (
 )
 from MedAnnotAssistLib.core.jobs import CancelledError
 from Testing.conftest import REPO
+from Testing.dicom.dicom_helpers import walk_elements
 
 TABLE_CSV = REPO / "MedAnnotAssist" / "Resources" / "DICOM" / "ps3.15-table-E.1-1.csv"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # the wheel's own files, no download
@@ -66,14 +67,6 @@ def _protected(code: str) -> bool:
     return set(code.replace("/", "").replace("*", "")) <= set("XZDU")
 
 
-def _walk(ds):
-    for elem in ds:
-        yield elem
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                yield from _walk(item)
-
-
 def _norm(value):
     if value is None:
         return ""
@@ -101,7 +94,7 @@ def _originals(folder: Path) -> dict[int, set]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         ds = _read_any(path)
         try:
-            for elem in _walk(ds or []):
+            for elem in walk_elements(ds or []):
                 if _row(elem.tag) is not None and elem.VR != "SQ":
                     values.setdefault(elem.tag, set()).add(_norm(elem.value))
         except Exception:
@@ -142,7 +135,7 @@ def test_no_protected_attribute_keeps_its_original_value(runs, run, ct_series):
     assert files
     leaks = []
     for path in files:
-        for elem in _walk(pydicom.dcmread(path)):
+        for elem in walk_elements(pydicom.dcmread(path)):
             row = _row(elem.tag)
             if row is None or not _protected(code := _action(row, columns)):
                 continue
@@ -220,14 +213,14 @@ def test_pixel_data_is_never_altered(runs, ct_series):
 
 def test_uids_are_remapped_consistently_and_per_project(runs, ct_series):
     originals = [pydicom.dcmread(p) for p in sorted(ct_series.iterdir())]
-    old_uids = {e.value for ds in originals for e in _walk(ds) if e.VR == "UI" and e.value}
+    old_uids = {e.value for ds in originals for e in walk_elements(ds) if e.VR == "UI" and e.value}
     old_uids |= {str(ds.file_meta.MediaStorageSOPInstanceUID) for ds in originals}
     outputs = [pydicom.dcmread(p) for p in runs["ct dates"][2]]
     for ds, path in zip(outputs, runs["ct dates"][2], strict=True):
         assert path.stem == ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
         assert ds.SOPInstanceUID.startswith("2.25.") and len(ds.SOPInstanceUID) <= 64
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # well-known: kept
-        for elem in _walk(ds):
+        for elem in walk_elements(ds):
             instance = elem.VR == "UI" and "Class" not in elem.keyword  # class UIDs name a kind, not an instance
             if instance and elem.value and not str(elem.value).startswith(WELL_KNOWN):
                 assert elem.value not in old_uids and str(elem.value).startswith("2.25."), elem
@@ -306,13 +299,15 @@ def test_dates_shift_by_one_offset_when_retained(runs, ct_series):
 
 
 def test_dates_are_removed_without_the_option(runs, ct_series):
-    old_dates = {e.value for p in ct_series.iterdir() for e in _walk(pydicom.dcmread(p)) if e.VR in ("DA", "DT")}
+    old_dates = {
+        e.value for p in ct_series.iterdir() for e in walk_elements(pydicom.dcmread(p)) if e.VR in ("DA", "DT")
+    }
     for path in runs["ct basic"][2]:
         ds = pydicom.dcmread(path)
         assert ds.LongitudinalTemporalInformationModified == "REMOVED"
         assert ds.StudyDate == "" and ds.StudyTime == ""
         assert ds.AcquisitionDateTime == "19000101000000"  # X/Z/D resolved to a dummy
-        assert not [e for e in _walk(ds) if e.VR in ("DA", "DT") and e.value and e.value in old_dates]
+        assert not [e for e in walk_elements(ds) if e.VR in ("DA", "DT") and e.value and e.value in old_dates]
     assert runs["ct basic"][0].date_shift_days is None
 
 
@@ -380,7 +375,7 @@ def test_private_attributes_are_removed(runs):
         assert summary.counts.private_removed > 0
         for path in files:
             ds = pydicom.dcmread(path)
-            assert not [e.tag for e in _walk(ds) if e.tag.is_private], path.name
+            assert not [e.tag for e in walk_elements(ds) if e.tag.is_private], path.name
             assert not [t for t in list(ds.file_meta.keys()) if t & 0xFFFF > 0x0013]  # no source AE title
 
 

@@ -19,7 +19,7 @@ from MedAnnotAssistLib.core.dicom.seg import export_seg, labels_for_series, read
 from MedAnnotAssistLib.core.dicom.series import read_series
 from Testing.conftest import REPO
 from Testing.dicom.deid_crafted import survivors, write_crafted
-from Testing.dicom.dicom_helpers import abdomen_protocol, dciodvfy
+from Testing.dicom.dicom_helpers import abdomen_protocol, dciodvfy, walk_elements
 from Testing.readers import ABDOMEN_LABELS
 
 KEY = "project-key-for-leak-tests"
@@ -29,14 +29,6 @@ OPTIONS = {
 }
 pytestmark = pytest.mark.filterwarnings("ignore:VR lookup failed")  # the UN item's unknown tag, on purpose
 LOCAL_SCHEMES = (b"USB.PROCEDURES", b"SECTRA", b"99CT_VIA")  # the sample's own: they name the hospital
-
-
-def _walk(ds):
-    for elem in ds:
-        yield elem
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                yield from _walk(item)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +137,7 @@ def test_sample_keeps_no_local_or_private_coding_scheme(sample_dir, sample_out):
     for path in files:
         raw = path.read_bytes()
         assert not [scheme for scheme in LOCAL_SCHEMES if scheme in raw], path.name
-        schemes = {str(e.value) for e in _walk(pydicom.dcmread(path)) if e.keyword == "CodingSchemeDesignator"}
+        schemes = {str(e.value) for e in walk_elements(pydicom.dcmread(path)) if e.keyword == "CodingSchemeDesignator"}
         assert schemes and schemes <= REGISTERED_CODING_SCHEMES, (path.name, schemes)
 
 

@@ -277,3 +277,16 @@ def tiny_segmentation(
         segments.append((value, structure))
     extra = {"Test.Tag": tag} if tag else None
     return write_seg_nrrd(path, labels, geometry or tiny_geometry(), segments, protocol, extra)
+
+
+def refused(queue, response: httpx.Response, status: int, code: str, *words: str) -> dict:
+    """A refusal as the API promises it: the status, a JSON body with the stable ``code`` and a message holding
+    ``words``; and the server still up."""
+    assert response.status_code == status, response.text[:2000]
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["code"] == code, body
+    for word in words:
+        assert word in body["message"], body
+    assert httpx.get(queue.url + "/api/v1/health").json()["status"] == "ok"
+    return body

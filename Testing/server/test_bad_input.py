@@ -5,10 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 
-import httpx
 import pytest
 
-from .harness import tiny_geometry, tiny_metadata, tiny_segmentation, unique
+from .harness import refused, tiny_geometry, tiny_metadata, tiny_segmentation, unique
 
 LIMIT = 4 * 1024 * 1024  # the module's servers run with --max-upload-mb 4
 
@@ -43,26 +42,13 @@ def _post_file(user, project, task, name: str, content: bytes, metadata=TINY_MET
     return user.post(f"/api/v1/projects/{project}/tasks/{task['id']}/submissions", files=files, data=data, **kw)
 
 
-def _refused(queue, response: httpx.Response, status: int, code: str, *words: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert body["code"] == code, body
-    for word in words:
-        assert word in body["message"], body
-    assert httpx.get(queue.url + "/api/v1/health").json()["status"] == "ok"
-    return body
-
-
 def _seg_bytes(tmp_path, **kw) -> bytes:
     return tiny_segmentation(tmp_path / "s.seg.nrrd", **kw).read_bytes()
 
 
 def test_oversized_upload(queue, lease):
     user, project, task = lease
-    body = _refused(
-        queue, _post_file(user, project, task, "big.seg.nrrd", b"\0" * (LIMIT + 1)), 413, "upload_too_large"
-    )
+    body = refused(queue, _post_file(user, project, task, "big.seg.nrrd", b"\0" * (LIMIT + 1)), 413, "upload_too_large")
     assert body["limit_bytes"] == LIMIT
 
     def chunks():  # no Content-Length: the limit is enforced on the streamed bytes
@@ -76,16 +62,16 @@ def test_oversized_upload(queue, lease):
 
     headers = {"Content-Type": "multipart/form-data; boundary=abc"}
     url = f"/api/v1/projects/{project}/tasks/{task['id']}/submissions"
-    _refused(queue, user.post(url, content=chunks(), headers=headers), 413, "upload_too_large")
+    refused(queue, user.post(url, content=chunks(), headers=headers), 413, "upload_too_large")
 
 
 def test_wrong_content_type(queue, lease, tmp_path):
     user, project, task = lease
     url = f"/api/v1/projects/{project}/tasks/{task['id']}/submissions"
-    _refused(queue, user.post(url, json={"lease_id": task["lease_id"]}), 415, "unsupported_media_type", "multipart")
+    refused(queue, user.post(url, json={"lease_id": task["lease_id"]}), 415, "unsupported_media_type", "multipart")
     response = _post_file(user, project, task, "notes.txt", b"hello")
-    _refused(queue, response, 415, "unsupported_file_type", "notes.txt")
-    _refused(queue, user.post(f"/api/v1/projects/{project}/tasks/claim", content=b"{", headers={
+    refused(queue, response, 415, "unsupported_file_type", "notes.txt")
+    refused(queue, user.post(f"/api/v1/projects/{project}/tasks/claim", content=b"{", headers={
         "Content-Type": "application/json"}), 400, "malformed_json")  # fmt: skip
 
 
@@ -93,10 +79,10 @@ def test_truncated_nrrd(queue, lease, tmp_path):
     user, project, task = lease
     whole = _seg_bytes(tmp_path)
     response = _post_file(user, project, task, "cut.seg.nrrd", whole[: len(whole) - 40])
-    _refused(queue, response, 422, "invalid_segmentation", "cut.seg.nrrd")
+    refused(queue, response, 422, "invalid_segmentation", "cut.seg.nrrd")
     header_only = whole[: whole.index(b"\n\n") - 5]
-    _refused(queue, _post_file(user, project, task, "h.seg.nrrd", header_only), 422, "invalid_segmentation")
-    _refused(queue, _post_file(user, project, task, "x.seg.nrrd", b"not a nrrd"), 422, "invalid_segmentation")
+    refused(queue, _post_file(user, project, task, "h.seg.nrrd", header_only), 422, "invalid_segmentation")
+    refused(queue, _post_file(user, project, task, "x.seg.nrrd", b"not a nrrd"), 422, "invalid_segmentation")
 
 
 def test_absurd_dimensions_are_refused_from_the_header(queue, lease, reader):
@@ -106,37 +92,37 @@ def test_absurd_dimensions_are_refused_from_the_header(queue, lease, reader):
         b"space directions: (2,0,0) (0,2,0) (0,0,3)\nspace: left-posterior-superior\nencoding: gzip\n\n"
     )
     content = header + gzip.compress(b"\0" * 1000)
-    body = _refused(queue, _post_file(user, project, task, "huge.seg.nrrd", content), 422, "image_too_large")
+    body = refused(queue, _post_file(user, project, task, "huge.seg.nrrd", content), 422, "image_too_large")
     assert body["sizes"] == [100000, 100000, 100000]
     admin = queue.admin
     files = {"image": ("huge.nrrd", content, "application/octet-stream")}
-    _refused(queue, admin.post(f"/api/v1/projects/{reader[1]}/images", files=files), 422, "image_too_large")
+    refused(queue, admin.post(f"/api/v1/projects/{reader[1]}/images", files=files), 422, "image_too_large")
 
 
 def test_detached_nrrd_data_file(queue, lease):
     user, project, task = lease
     content = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 12 10 6\ndata file: /etc/passwd\nencoding: raw\n\n"
-    _refused(queue, _post_file(user, project, task, "d.seg.nrrd", content), 422, "invalid_segmentation", "data file")
+    refused(queue, _post_file(user, project, task, "d.seg.nrrd", content), 422, "invalid_segmentation", "data file")
 
 
 def test_geometry_mismatch(queue, lease, tmp_path):
     user, project, task = lease
     content = _seg_bytes(tmp_path, geometry=tiny_geometry(spacing=(2.0, 2.0, 5.0)))
-    body = _refused(queue, _post_file(user, project, task, "g.seg.nrrd", content), 422, "geometry_mismatch", "spacing")
+    body = refused(queue, _post_file(user, project, task, "g.seg.nrrd", content), 422, "geometry_mismatch", "spacing")
     assert any("spacing 2 x 2 x 5 instead of 2 x 2 x 3" in p for p in body["problems"])
 
 
 def test_unknown_segment(queue, lease, tmp_path):
     user, project, task = lease
     content = _seg_bytes(tmp_path, structure_ids=("liver", "spleen"), name="Banana")
-    body = _refused(queue, _post_file(user, project, task, "u.seg.nrrd", content), 422, "unknown_segment", "Banana")
+    body = refused(queue, _post_file(user, project, task, "u.seg.nrrd", content), 422, "unknown_segment", "Banana")
     assert body["segments"] == ["Banana"]
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd.seg.nrrd", "/abs/x.seg.nrrd", "a\\b.seg.nrrd", ".hidden.seg.nrrd"])
 def test_path_like_filenames(queue, lease, tmp_path, name):
     user, project, task = lease
-    _refused(queue, _post_file(user, project, task, name, _seg_bytes(tmp_path)), 400, "bad_filename")
+    refused(queue, _post_file(user, project, task, name, _seg_bytes(tmp_path)), 400, "bad_filename")
 
 
 def test_malformed_metadata(queue, lease, tmp_path):
@@ -150,12 +136,12 @@ def test_malformed_metadata(queue, lease, tmp_path):
         ('{"time_spent_s": 3, "segments": {"appendix": {}}}', ("appendix",)),
     ]:
         response = _post_file(user, project, task, "m.seg.nrrd", content, metadata=metadata)
-        _refused(queue, response, 422, "invalid_metadata", *words)
+        refused(queue, response, 422, "invalid_metadata", *words)
     # nothing was stored: the lease still submits, once
     accepted = _post_file(user, project, task, "ok.seg.nrrd", content)
     assert accepted.status_code == 201, accepted.text
     again = _post_file(user, project, task, "ok.seg.nrrd", content)
-    _refused(queue, again, 409, "already_submitted")
+    refused(queue, again, 409, "already_submitted")
 
 
 def test_idempotency_key_reused_for_other_content(queue, lease, tmp_path):
@@ -166,24 +152,24 @@ def test_idempotency_key_reused_for_other_content(queue, lease, tmp_path):
     other = _post_file(
         user, project, task, "a.seg.nrrd", _seg_bytes(tmp_path, seed=1), headers={"Idempotency-Key": key}
     )
-    _refused(queue, other, 409, "idempotency_key_reused")
+    refused(queue, other, 409, "idempotency_key_reused")
 
 
 def test_bad_json_bodies(queue, reader):
     admin, project = queue.admin, reader[1]
-    _refused(queue, admin.post("/api/v1/projects", json={"name": "x"}), 422, "invalid_request")
+    refused(queue, admin.post("/api/v1/projects", json={"name": "x"}), 422, "invalid_request")
     body = {"name": unique("p"), "protocol": {"id": "broken"}}
-    problems = _refused(queue, admin.post("/api/v1/projects", json=body), 422, "invalid_protocol")["problems"]
+    problems = refused(queue, admin.post("/api/v1/projects", json=body), 422, "invalid_protocol")["problems"]
     assert any("$" in problem for problem in problems)
-    _refused(queue, admin.post("/api/v1/projects", json={"name": unique("p"), "protocol_id": "nope"}), 422,
+    refused(queue, admin.post("/api/v1/projects", json={"name": unique("p"), "protocol_id": "nope"}), 422,
              "unknown_protocol")  # fmt: skip
     bulk = {"cases": [{"name": "z", "image_sha256": "0" * 64}]}
-    _refused(queue, admin.post(f"/api/v1/projects/{project}/cases/bulk", json=bulk), 422, "unknown_image")
+    refused(queue, admin.post(f"/api/v1/projects/{project}/cases/bulk", json=bulk), 422, "unknown_image")
     nul = json.dumps({"cases": [{"name": "\u0000"}]})
     response = admin.post(
         f"/api/v1/projects/{project}/cases/bulk", content=nul, headers={"Content-Type": "application/json"}
     )
-    _refused(queue, response, 422, "invalid_request")
-    _refused(queue, admin.get("/api/v1/projects/99999999999"), 422, "invalid_request")
-    _refused(queue, admin.get("/api/v1/nowhere"), 404, "not_found")
-    _refused(queue, admin.delete("/api/v1/projects"), 405, "method_not_allowed")
+    refused(queue, response, 422, "invalid_request")
+    refused(queue, admin.get("/api/v1/projects/99999999999"), 422, "invalid_request")
+    refused(queue, admin.get("/api/v1/nowhere"), 404, "not_found")
+    refused(queue, admin.delete("/api/v1/projects"), 405, "method_not_allowed")

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from medannotassist_server.errors import ApiError
 from medannotassist_server.jsonlimits import MAX_JSON_DEPTH, lone_surrogate_path, too_deep
 
-from .harness import tiny_geometry, tiny_metadata, tiny_segmentation, unique
+from .harness import refused, tiny_geometry, tiny_metadata, tiny_segmentation, unique
 
 # metadata a tiny segmentation is accepted with: overrides of the rules no organ of real size can meet here
 TINY = json.dumps(tiny_metadata(1))
@@ -47,16 +47,6 @@ def study(limits_queue, tiny_image_file):
     return project, reader, reviewer
 
 
-def _refused(queue, response: httpx.Response, status: int, code: str, *words: str) -> dict:
-    assert response.status_code == status, response.text[:2000]
-    body = response.json()
-    assert body["code"] == code, body
-    for word in words:
-        assert word in body["message"], body
-    assert httpx.get(queue.url + "/api/v1/health").json()["status"] == "ok"
-    return body
-
-
 def _temporary_files(queue) -> list[str]:
     return sorted(path.name for path in (queue.data_dir / "blobs" / "tmp").iterdir())
 
@@ -80,7 +70,7 @@ def test_depth_is_measured_outside_strings():
     assert lone_surrogate_path({"emoji": "\U0001f600"}, "body") is None
 
 
-def test_deeply_nested_json_is_refused(limits_queue, study, tmp_path):
+def test_deeply_nested_json_isrefused(limits_queue, study, tmp_path):
     project, reader, reviewer = study
     queue, admin = limits_queue, limits_queue.admin
     task = reader.claim(project)
@@ -94,15 +84,15 @@ def test_deeply_nested_json_is_refused(limits_queue, study, tmp_path):
     ]
     for depth in (MAX_JSON_DEPTH + 1, 5_000, 200_000):
         metadata = '{"time_spent_s": 1, "x": ' + _nested(depth) + "}"
-        body = _refused(queue, _submit(reader, project, task, seg, metadata), 422, "json_too_deep", "metadata")
+        body = refused(queue, _submit(reader, project, task, seg, metadata), 422, "json_too_deep", "metadata")
         assert body["limit_depth"] == MAX_JSON_DEPTH
         for user, path in json_bodies:
             content = '{"lease_id": "x", "decision": "approve", "structures": ' + _nested(depth) + "}"
             response = user.post(path, content=content, headers={"Content-Type": "application/json"})
-            _refused(queue, response, 422, "json_too_deep", "request body")
+            refused(queue, response, 422, "json_too_deep", "request body")
     too_large = json.dumps({"cases": [{"name": "x" * 1000}] * 17_000})
     response = admin.post(f"/api/v1/projects/{project}/cases/bulk", content=too_large)  # no content type: JSON
-    assert _refused(queue, response, 422, "json_too_large")["limit_bytes"] == 16 * 1024 * 1024
+    assert refused(queue, response, 422, "json_too_large")["limit_bytes"] == 16 * 1024 * 1024
     # within the limits, nesting is the client's business
     accepted = _submit(reader, project, task, seg, TINY[:-1] + ', "x": ' + _nested(MAX_JSON_DEPTH - 1) + "}")
     assert accepted.status_code == 201, accepted.text
@@ -117,14 +107,14 @@ def test_lone_surrogates_are_refused_naming_the_field(limits_queue, study, tmp_p
     responses = [_submit(reader, project, task, seg, '{"time_spent_s": 1, "note": "\\ud800"}') for _ in range(20)]
     assert _temporary_files(queue) == []
     for response in responses:
-        _refused(queue, response, 422, "invalid_metadata", "metadata.note", "Unicode")
+        refused(queue, response, 422, "invalid_metadata", "metadata.note", "Unicode")
     nested = '{"time_spent_s": 1, "segments": {"liver": {"provenance": {"tool": "a\\udc00"}}}}'
     response = _submit(reader, project, task, seg, nested)
-    _refused(queue, response, 422, "invalid_metadata", "metadata.segments.liver.provenance.tool")
+    refused(queue, response, 422, "invalid_metadata", "metadata.segments.liver.provenance.tool")
     assert _temporary_files(queue) == []
     body = '{"name": "p-surrogate", "protocol": {"id": "x", "structures": [{"name": "\\ud83d"}]}}'
     response = admin.post("/api/v1/projects", content=body, headers={"Content-Type": "application/json"})
-    _refused(queue, response, 422, "invalid_value", "body.protocol.structures[0].name")
+    refused(queue, response, 422, "invalid_value", "body.protocol.structures[0].name")
     # a surrogate pair (an emoji escaped by an ASCII-only encoder) is text like any other
     accepted = _submit(reader, project, task, seg, TINY[:-1] + ', "note": "\\ud83d\\ude00"}')
     assert accepted.status_code == 201, accepted.text
@@ -146,11 +136,11 @@ def test_truncated_nifti_is_refused_naming_the_file(limits_queue, study, tmp_pat
     def upload(name: str, content: bytes) -> httpx.Response:
         return admin.post(f"/api/v1/projects/{project}/images", files={"image": (name, content)})
 
-    _refused(queue, upload("cut.nii.gz", whole[: len(whole) // 2]), 422, "invalid_image", "cut.nii.gz", "gzip")
+    refused(queue, upload("cut.nii.gz", whole[: len(whole) // 2]), 422, "invalid_image", "cut.nii.gz", "gzip")
     short = gzip.compress(raw[:-1000])  # a complete gzip stream holding too little voxel data
-    body = _refused(queue, upload("short.nii.gz", short), 422, "invalid_image", "short.nii.gz", "truncated")
+    body = refused(queue, upload("short.nii.gz", short), 422, "invalid_image", "short.nii.gz", "truncated")
     assert f"{len(raw) - 1000} bytes" in body["message"] and f"declares {len(raw)}" in body["message"]
-    _refused(queue, upload("short.nii", raw[:-1000]), 422, "invalid_image", "short.nii", "truncated")
+    refused(queue, upload("short.nii", raw[:-1000]), 422, "invalid_image", "short.nii", "truncated")
     assert _temporary_files(queue) == []
     assert upload("whole.nii.gz", whole).status_code == 201
     assert upload("whole.nii", raw).status_code == 201
@@ -177,16 +167,16 @@ def test_zip_members_are_counted_before_unpacking(limits_queue, study):
     response = _upload_series(admin, project, empty, unique("z"))
     elapsed = time.perf_counter() - started
     assert elapsed < 4.0, f"{elapsed:.1f} s to refuse 19,999 empty members (was 5-14 s when each was unpacked)"
-    body = _refused(queue, response, 422, "no_dicom")
+    body = refused(queue, response, 422, "no_dicom")
     assert body["files"][0] == {"file": "slice-00000.dcm", "reason": "not a DICOM file (0 bytes)"}
     # an end record announcing more entries than the limit is refused from the record alone
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 30_000, 30_000, 46 * 30_000, 0, 0)
-    body = _refused(queue, _upload_series(admin, project, end, unique("z")), 413, "upload_too_large", "30000 files")
+    body = refused(queue, _upload_series(admin, project, end, unique("z")), 413, "upload_too_large", "30000 files")
     # and a directory holding more entries than its end record admits is counted entry by entry
     many = bytearray(_zip({f"m{index}": b"" for index in range(20_001)}))
     at = many.rfind(b"PK\x05\x06")
     many[at + 8 : at + 12] = struct.pack("<2H", 3, 3)
-    _refused(queue, _upload_series(admin, project, bytes(many), unique("z")), 413, "upload_too_large", "20001 files")
+    refused(queue, _upload_series(admin, project, bytes(many), unique("z")), 413, "upload_too_large", "20001 files")
     assert _temporary_files(queue) == []
 
 
@@ -198,21 +188,21 @@ def test_refused_uploads_leave_no_temporary_file(limits_queue, study, tmp_path):
     wrong_grid = tiny_segmentation(tmp_path / "g.seg.nrrd", geometry=tiny_geometry(spacing=(2.0, 2.0, 5.0)))
     banana = tiny_segmentation(tmp_path / "b.seg.nrrd", name="Banana").read_bytes()
     task = reader.claim(project)
-    _refused(queue, _submit(reader, project, task, wrong_grid.read_bytes(), '{"time_spent_s": 1}'), 422,
+    refused(queue, _submit(reader, project, task, wrong_grid.read_bytes(), '{"time_spent_s": 1}'), 422,
              "geometry_mismatch")  # fmt: skip
-    _refused(queue, _submit(reader, project, task, banana, '{"time_spent_s": 1}'), 422, "unknown_segment")
-    _refused(queue, _submit(reader, project, task, good[:-40], '{"time_spent_s": 1}'), 422, "invalid_segmentation")
+    refused(queue, _submit(reader, project, task, banana, '{"time_spent_s": 1}'), 422, "unknown_segment")
+    refused(queue, _submit(reader, project, task, good[:-40], '{"time_spent_s": 1}'), 422, "invalid_segmentation")
     assert _submit(reader, project, task, good, TINY).status_code == 201
     review = reviewer.claim(project, kind="review")
     files = {"segmentation": ("e.seg.nrrd", banana)}
     url = f"/api/v1/projects/{project}/tasks/{review['id']}/review/edited"
-    _refused(queue, reviewer.post(url, files=files, data={"lease_id": review["lease_id"]}), 422, "unknown_segment")
+    refused(queue, reviewer.post(url, files=files, data={"lease_id": review["lease_id"]}), 422, "unknown_segment")
     url = f"/api/v1/projects/{project}/cases/{task['case_id']}/ai-segmentation"
-    _refused(queue, admin.put(url, files={"segmentation": ("ai.seg.nrrd", banana)}), 422, "unknown_segment")
+    refused(queue, admin.put(url, files={"segmentation": ("ai.seg.nrrd", banana)}), 422, "unknown_segment")
     url = f"/api/v1/projects/{project}/images"
-    _refused(queue, admin.post(url, files={"image": ("x.nrrd", b"NRRD0004\nnot really\n\n")}), 422, "invalid_image")
-    _refused(queue, _upload_series(admin, project, b"not a zip", unique("z")), 415, "unsupported_file_type")
-    _refused(queue, _upload_series(admin, project, _zip({"a.txt": b"x" * 500}), unique("z")), 422, "no_dicom")
+    refused(queue, admin.post(url, files={"image": ("x.nrrd", b"NRRD0004\nnot really\n\n")}), 422, "invalid_image")
+    refused(queue, _upload_series(admin, project, b"not a zip", unique("z")), 415, "unsupported_file_type")
+    refused(queue, _upload_series(admin, project, _zip({"a.txt": b"x" * 500}), unique("z")), 422, "no_dicom")
     assert _temporary_files(queue) == []
 
 
