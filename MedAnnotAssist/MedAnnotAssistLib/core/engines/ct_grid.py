@@ -1,0 +1,90 @@
+"""Grid and morphology helpers of the CT engine: orientation to (S, P, L) arrays, flat footprints, slice-wise hole
+filling and hulls, component sizes, trilinear occupancy of working-grid masks at the original voxels."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy import ndimage as ndi
+
+CROSS = ndi.generate_binary_structure(3, 1)
+FLAT = np.zeros((3, 3, 3), bool)
+FLAT[1] = ndi.generate_binary_structure(2, 1)
+
+
+def occupancy(padded, k, j, i, factors) -> np.ndarray:
+    """Trilinear interpolation of the working-grid ``padded`` (padded by one) at the original voxels of blocks
+    (k, j, i): an array (n, fk, fj, fi)."""
+    cube = np.stack([padded[k + a, j + b, i + c] for a in range(3) for b in range(3) for c in range(3)], axis=1)
+    cube = cube.reshape(len(k), 3, 3, 3)
+    weights = []
+    for f in factors:  # (f, 3): weights of the previous, same and next working voxel for each offset
+        t = (np.arange(f) + 0.5) / f - 0.5
+        weights.append(np.stack([np.maximum(-t, 0), 1 - np.abs(t), np.maximum(t, 0)], axis=1).astype(np.float32))
+    out = cube @ weights[2].T  # (n, 3, 3, fi)
+    out = np.swapaxes(np.swapaxes(out, 2, 3) @ weights[1].T, 2, 3)  # (n, 3, fj, fi)
+    return np.moveaxis(np.moveaxis(out, 1, 3) @ weights[0].T, 3, 1)  # (n, fk, fj, fi)
+
+
+def orientation(direction: np.ndarray) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """Array axis (k, j, i) feeding each oriented axis (S, P, L), and whether it runs the other way."""
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(direction[p[c], c]) for c in range(3)))
+    physical = {best[c]: c for c in range(3)}  # physical axis (x, y, z) -> index axis (i, j, k)
+    order = tuple(2 - physical[2 - a] for a in range(3))  # oriented axis a is physical axis 2 - a
+    flips = tuple(direction[2 - a, 2 - order[a]] < 0 for a in range(3))
+    return order, flips
+
+
+def to_lps(array, order, flips):
+    array = array.transpose(order)
+    return np.ascontiguousarray(array[tuple(slice(None, None, -1) if f else slice(None) for f in flips)])
+
+
+def from_lps(array, order, flips):
+    array = array[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+    return np.ascontiguousarray(array.transpose(np.argsort(order)))
+
+
+def disk(radius_mm: float, spacing) -> np.ndarray:
+    """A flat (in-plane) elliptic footprint of ``radius_mm`` for (z, y, x) spacing."""
+    rj, ri = (max(1, int(round(radius_mm / s))) for s in spacing[1:])
+    y, x = np.ogrid[-rj : rj + 1, -ri : ri + 1]
+    return ((y * spacing[1]) ** 2 + (x * spacing[2]) ** 2 <= radius_mm**2 + 1e-6)[None]
+
+
+def padded(operation, mask, footprint):
+    """``operation(mask, footprint)`` with the image border padded, so that closings do not erode at it."""
+    pad = [s // 2 for s in footprint.shape]
+    crop = tuple(slice(p, p + n) for p, n in zip(pad, mask.shape, strict=True))
+    return operation(np.pad(mask, [(p, p) for p in pad]), footprint)[crop]
+
+
+def fill_slices(mask: np.ndarray, max_voxels: int | None = None) -> np.ndarray:
+    """Fill the holes of every axial slice (axis 0) of ``mask`` at once (only those up to ``max_voxels``)."""
+    background, _ = ndi.label(~mask, FLAT)
+    edge = np.unique(np.concatenate([background[:, [0, -1], :].ravel(), background[:, :, [0, -1]].ravel()]))
+    hole = np.ones(background.max() + 1, bool)
+    if max_voxels is not None:
+        hole &= np.bincount(background.ravel(), minlength=len(hole)) <= max_voxels
+    hole[edge] = False
+    hole[0] = False
+    return mask | hole[background]
+
+
+def convex_hull_slices(mask: np.ndarray, spacing, directions: int = 32) -> np.ndarray:
+    """Per axial slice, the polygon of ``directions`` half-planes around ``mask`` (about its convex hull)."""
+    y, x = np.ogrid[: mask.shape[1], : mask.shape[2]]
+    y, x = y * float(spacing[1]), x * float(spacing[2])
+    hull = mask.any(axis=(1, 2))[:, None, None] & np.ones(mask.shape, bool)
+    for angle in np.linspace(0, np.pi * 2, directions, endpoint=False):
+        projection = (np.cos(angle) * x + np.sin(angle) * y).astype(np.float32)
+        reach = np.where(mask, projection, -np.inf).max(axis=(1, 2))
+        hull &= projection[None] <= reach[:, None, None] + 1e-3
+    return hull
+
+
+def component_sizes(labels):
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return sizes
