@@ -234,7 +234,7 @@ def test_large_grid(sample_dir):
     back.CopyInformation(big)
     back = sitk.GetArrayFromImage(sitk.Resample(back, image, sitk.Transform(), sitk.sitkNearestNeighbor))
     for value, name in native.names.items():
-        if name != "airways":
+        if name not in ("airways", "blood_pool"):  # empty on this native CT
             assert dice(back == value, native.labels == value) >= (0.95 if name.startswith("lung") else 0.8), name
     assert dice(back > 0, native.labels > 0) >= 0.98
     assert seconds < 15  # about 1.2 s on 2 cores; see bench/presegment.py
@@ -441,5 +441,5 @@ def test_fov_padding_and_reversed_slices(sample):
     for other, labels in ((padded_image, lambda x: x), (reversed_image, lambda x: x[::-1])):
         got = labels(CTEngine().run(other).labels)
         for value, name in result.names.items():
-            if name != "airways":
+            if name not in ("airways", "blood_pool"):
                 assert dice(got == value, result.labels == value) > 0.99, name

@@ -48,12 +48,13 @@ import itertools
 import time
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..jobs import check_cancel
 from .base import Engine, EngineError, EngineInfo, EngineResult, check_image, provenance
-from .ct_grid import from_lps, occupancy, orientation, to_lps
+from .ct_grid import FineBlocks, from_lps, occupancy, orientation, to_lps
 from .ct_segmenter import Segmenter
-from .ct_structures import AIRWAY, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
+from .ct_structures import AIRWAY, BLOOD, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
 
 VERSION = "1.0.0"
 
@@ -70,13 +71,14 @@ class CTEngine(Engine):
         self.bone_hu, self.marrow_hu, self.metal_hu = float(bone_hu), float(marrow_hu), float(metal_hu)
         self.fat_hu = (float(fat_hu[0]), float(fat_hu[1]))
         self.min_lung_ml, self.max_airway_ml = float(min_lung_ml), float(max_airway_ml)
-        self.near_hu = {BODY: 100.0, LUNG_L: 100.0, LUNG_R: 100.0, AIRWAY: 50.0, BONE: 50.0, FAT: 20.0}
+        self.near_hu = {BODY: 100.0, LUNG_L: 100.0, LUNG_R: 100.0, AIRWAY: 50.0, BONE: 50.0, FAT: 20.0, BLOOD: 50.0}
 
     def info(self) -> EngineInfo:
         return EngineInfo(
             self.name,
             VERSION,
-            "Body, lungs, airways, skeleton and subcutaneous fat from HU thresholds and morphology (no model)",
+            "Body, lungs, airways, skeleton, subcutaneous fat and the contrast-enhanced blood pool from HU thresholds, "
+            "shape and morphology (no model)",
             "CT",
             STRUCTURES,
         )
@@ -107,10 +109,11 @@ class CTEngine(Engine):
         order, flips = orientation(np.array(image.GetDirection()).reshape(3, 3))
         hu = to_lps(hu, order, flips)
         spacing_zyx = (spacing * factors)[::-1][list(order)]
-        seg = Segmenter(self, hu, spacing_zyx, report, cancel)
+        fine = FineBlocks(sitk.GetArrayViewFromImage(image), factors[::-1], order, flips, hu.shape)
+        seg = Segmenter(self, hu, spacing_zyx, report, cancel, fine)
         labels_lps = seg.run(wanted)
         confidence, uncertainty = seg.confidence(labels_lps, wanted)
-        lut = np.zeros(7, np.uint8)  # internal label -> output value
+        lut = np.zeros(len(STRUCTURES) + 1, np.uint8)  # internal label -> output value
         names = {}
         for value, structure_id in enumerate(wanted, start=1):
             names[value] = structure_id
@@ -120,7 +123,8 @@ class CTEngine(Engine):
         labels = from_lps(labels_lps, order, flips)
         if factors.max() > 1:
             report(0.85, "full-resolution boundaries")
-            labels = self._refine(sitk.GetArrayViewFromImage(image), labels, factors[::-1], lut, cancel)
+            blood = (from_lps(seg.pool.low, order, flips), from_lps(seg.pool.high, order, flips))
+            labels = self._refine(sitk.GetArrayViewFromImage(image), labels, factors[::-1], lut, cancel, blood)
         else:
             labels = lut[labels]
         parameters = self.parameters() | {"working_factors_ijk": factors.tolist()}
@@ -129,9 +133,9 @@ class CTEngine(Engine):
         report(1.0, "done")
         return EngineResult(labels, names, confidence, uncertainty, result_provenance)
 
-    def _refine(self, original, labels, factors, lut, cancel) -> np.ndarray:
+    def _refine(self, original, labels, factors, lut, cancel, blood) -> np.ndarray:
         """Nearest-neighbour upsampling, then a voxel-wise decision on the original HU in boundary blocks;
-        ``lut`` maps internal labels to output values."""
+        ``lut`` maps internal labels to output values; ``blood``: (lowest, highest) HU of each pool voxel's lumen."""
         fk, fj, fi = (int(f) for f in factors)
         ck, cj, ci = labels.shape
         out = np.empty(original.shape, np.uint8)
@@ -148,6 +152,7 @@ class CTEngine(Engine):
         check_cancel(cancel, "CT pre-segmentation")
         hu_view = original[: ck * fk, : cj * fj, : ci * fi].reshape(ck, fk, cj, fj, ci, fi)
         bone = np.pad(labels == BONE, 1, mode="edge").astype(np.float32)
+        low, high = (ndi.grey_dilation(limit, size=(3, 3, 3)) for limit in blood)  # of the brightest blood around
         k, j, i = np.nonzero(band)
         for start in range(0, len(k), 40_000):  # bounded memory: 40k working voxels at a time
             kp, jp, ip = k[start : start + 40_000], j[start : start + 40_000], i[start : start + 40_000]
@@ -157,24 +162,32 @@ class CTEngine(Engine):
             inside_bone = np.zeros(hu.shape, bool)
             with_bone = np.nonzero((bits[:, 0, 0, 0] >> BONE) & 1)[0]
             inside_bone[with_bone] = occupancy(bone, kp[with_bone], jp[with_bone], ip[with_bone], (fk, fj, fi)) >= 0.5
-            view[kp, :, jp, :, ip, :] = lut[self._decide(hu, own, bits, inside_bone)]
+            lumen = low[kp, jp, ip][:, None, None, None], high[kp, jp, ip][:, None, None, None]
+            blood_like = has_label(bits, BLOOD) & (hu >= lumen[0]) & (hu <= lumen[1])
+            view[kp, :, jp, :, ip, :] = lut[self._decide(hu, own, bits, inside_bone, blood_like)]
+        if lut[BONE] not in (0, lut[BODY]):
+            _plaque_apart(out, original, labels, near, high, (fk, fj, fi), lut)
         return out
 
-    def _decide(self, hu, own, bits, inside_bone) -> np.ndarray:
+    def _decide(self, hu, own, bits, inside_bone, blood_like) -> np.ndarray:
         """Per original voxel of a boundary block: the first label of its neighbourhood whose HU test passes;
-        ``inside_bone``: the voxel lies inside the working-grid skeleton, linearly interpolated (marrow)."""
+        ``inside_bone``: the voxel lies inside the working-grid skeleton, linearly interpolated (marrow);
+        ``blood_like``: blood is around and the voxel's HU is that of its lumen (not above: plaque, cortex)."""
 
         def has(value):
-            return (bits >> value) & 1 == 1
+            return has_label(bits, value)
 
         air = hu < self.lung_hu
         own_air = (own == LUNG_L) | (own == LUNG_R) | (own == AIRWAY)
+        bone = has(BONE) & (hu > np.where(inside_bone, self.marrow_hu, self.bone_hu)) & (hu < self.metal_hu)
+        bone &= inside_bone | ~has(BLOOD)  # next to blood, bone stays within the working grid's (plaque is not)
         rules = (  # highest priority first; the block's own label when none applies
             (own_air & air, own),
             (has(AIRWAY) & air, AIRWAY),
             (has(LUNG_L) & air, LUNG_L),
             (has(LUNG_R) & air, LUNG_R),
-            (has(BONE) & (hu > np.where(inside_bone, self.marrow_hu, self.bone_hu)) & (hu < self.metal_hu), BONE),
+            (bone & ~(blood_like & ~inside_bone), BONE),
+            (blood_like, BLOOD),
             (has(FAT) & (hu >= self.fat_hu[0]) & (hu <= self.fat_hu[1]), FAT),
             (has(0) & (hu < self.body_hu), 0),
             ((bits > 1) & (hu >= self.body_hu), BODY),
@@ -183,6 +196,45 @@ class CTEngine(Engine):
         for test, value in reversed(rules):  # lowest priority first, so that higher ones overwrite
             decided = np.where(test, value, decided)
         return decided.astype(np.uint8)
+
+
+def _plaque_apart(out, original, labels, near, high, factors, lut) -> None:
+    """Where bone meets blood (working grid): the original skeleton voxels brighter than the lumen that are not
+    connected (26-neighbourhood, through such voxels) to those of the bone blocks away from blood, nor to the edge
+    of the region looked at, are calcified plaque on the vessel wall; they and the skeleton voxels within two
+    voxels of them (their partial volume) become body."""
+    cube = np.ones((3, 3, 3), bool)
+    contested = (labels == BONE) & has_label(near, BLOOD)
+    if not contested.any():
+        return
+    anchored = (labels == BONE) & ~contested
+    groups, _ = ndi.label(ndi.binary_dilation(contested, cube), cube)
+    for box in ndi.find_objects(groups):
+        fine = tuple(slice(b.start * f, b.stop * f) for b, f in zip(box, factors, strict=True))
+        skeleton = out[fine] == lut[BONE]
+        bright = skeleton & (original[fine] > float(high[box].max()))
+        anchor = anchored[box]
+        for axis, f in enumerate(factors):
+            anchor = np.repeat(anchor, f, axis=axis)
+        anchor &= bright
+        for axis in range(3):  # what reaches the edge of the box may be held outside it
+            edge = [slice(None)] * 3
+            edge[axis] = [0, -1]
+            anchor[tuple(edge)] |= bright[tuple(edge)]
+        if not anchor.any():
+            continue
+        parts, _ = ndi.label(bright, cube)
+        held = np.zeros(parts.max() + 1, bool)
+        held[parts[anchor]] = True
+        loose = bright & ~held[parts]
+        if loose.any():
+            loose = ndi.binary_dilation(loose, cube, iterations=2, mask=skeleton & ~(bright & held[parts]))
+            out[fine][loose] = lut[BODY]
+
+
+def has_label(bits, value):
+    """Whether label ``value`` is among a block's neighbours (bit ``value`` of ``bits``)."""
+    return (bits >> value) & 1 == 1
 
 
 def check_hu(hu: np.ndarray, engine: str = "ct") -> None:

@@ -88,3 +88,42 @@ def component_sizes(labels):
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return sizes
+
+
+class FineBlocks:
+    """The original voxels behind working voxels given by their (S, P, L) index: the working grid is the block
+    means of ``factors`` (k, j, i) original voxels, re-oriented by ``order`` and ``flips`` (see ``to_lps``)."""
+
+    def __init__(self, original, factors, order, flips, shape_lps):
+        self.factors = tuple(int(f) for f in factors)
+        self.order, self.flips = tuple(order), tuple(flips)
+        self.shape_lps = tuple(shape_lps)
+        counts = [shape_lps[list(order).index(axis)] for axis in range(3)]  # working voxels per original axis
+        fk, fj, fi = self.factors
+        ck, cj, ci = counts
+        self.view = original[: ck * fk, : cj * fj, : ci * fi].reshape(ck, fk, cj, fj, ci, fi)
+
+    @property
+    def finer(self) -> bool:
+        return max(self.factors) > 1
+
+    def values(self, points) -> np.ndarray:
+        """(n, fk * fj * fi) float32: the original HU of each working voxel's block; ``points`` (n, 3) in LPS."""
+        points = np.asarray(points)
+        b = [
+            np.where(f, n - 1 - points[:, a], points[:, a])
+            for a, (f, n) in enumerate(zip(self.flips, self.shape_lps, strict=True))
+        ]
+        index = [None, None, None]
+        for a, axis in enumerate(self.order):
+            index[axis] = b[a]
+        block = self.view[index[0], :, index[1], :, index[2], :]
+        return block.reshape(len(points), -1).astype(np.float32)
+
+    def spread(self, points, chunk: int = 50_000) -> np.ndarray:
+        """Standard deviation of the original HU within each working voxel of ``points``."""
+        points = np.asarray(points)
+        out = np.empty(len(points), np.float32)
+        for start in range(0, len(points), chunk):
+            out[start : start + chunk] = self.values(points[start : start + chunk]).std(axis=1)
+        return out

@@ -1,5 +1,6 @@
-"""The CT engine's steps on the working grid (oriented S, P, L): body, lungs, airways, left and right, skeleton,
-subcutaneous fat, and the confidence of each structure (method: docs/presegmentation.md)."""
+"""The CT engine's steps on the working grid (oriented S, P, L): body, lungs, airways, left and right, contrast
+phase and blood pool, skeleton, subcutaneous fat, and the confidence of each structure (method:
+docs/presegmentation.md)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ from scipy import ndimage as ndi
 from ..jobs import check_cancel
 from .base import EngineError
 from .ct_grid import CROSS, FLAT, component_sizes, convex_hull_slices, disk, fill_slices, padded
-from .ct_structures import AIRWAY, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
+from .ct_phase import detect_phase
+from .ct_structures import AIRWAY, BLOOD, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
+from .ct_vessels import blood_pool, drop_plaque
 
 
 class Segmenter:
     """The steps on the working grid, oriented (S, P, L); ``notes`` records what was found or not."""
 
-    def __init__(self, engine, hu, spacing, report, cancel):
-        self.e, self.hu, self.spacing = engine, hu, np.asarray(spacing, float)
+    def __init__(self, engine, hu, spacing, report, cancel, fine=None):
+        self.e, self.hu, self.spacing, self.fine = engine, hu, np.asarray(spacing, float), fine
         self.voxel_ml = float(np.prod(self.spacing)) / 1000.0
         self.report, self.cancel = report, cancel
         self.notes: dict = {}
         self.lung_split = "components"
+        self.phase = None
+        self.pool = None
 
     def step(self, fraction: float, message: str) -> None:
         check_cancel(self.cancel, "CT pre-segmentation")
@@ -40,9 +45,14 @@ class Segmenter:
         if "subcutaneous_fat" in wanted:
             self.step(0.55, "subcutaneous fat")
             labels[self.fat(body, torso)] = FAT
+        self.step(0.62, "contrast phase and blood pool")
+        self.phase = detect_phase(self.hu, body, self.spacing, self.fine)
+        self.notes["contrast"] = self.phase.note()
+        self.pool = blood_pool(self.hu, body, self.phase)
+        labels[self.pool.vessels] = BLOOD  # also when not wanted: the full-resolution decision needs it
         if "skeleton" in wanted:
             self.step(0.7, "skeleton")
-            labels[self.skeleton(body)] = BONE
+            labels[self.skeleton(body, self.pool)] = BONE
         if {"lung_left", "lung_right", "airways"} & set(wanted):
             labels[left] = LUNG_L
             labels[right] = LUNG_R
@@ -229,20 +239,24 @@ class Segmenter:
         return part & (xs > midline), part & (xs <= midline), "midline"
 
     # -- skeleton and fat ---------------------------------------------------------------------------------
-    def skeleton(self, body) -> np.ndarray:
+    def skeleton(self, body, pool) -> np.ndarray:
         """Cortex (> bone_hu) closed; marrow (> marrow_hu) where a closing of 9 mm encloses it in an axial or
-        sagittal hole of at most 25 cm2 (vertebral bodies, not the thorax); metal and small bits dropped."""
+        sagittal hole of at most 25 cm2 (vertebral bodies, not the thorax); metal and small bits dropped; all
+        outside the blood ``pool``, and without the small pieces that touch it (plaque)."""
         hu, e, sp = self.hu, self.e, self.spacing
         metal = ndi.binary_dilation(hu > e.metal_hu, CROSS)
-        cortex = padded(ndi.binary_closing, body & (hu > e.bone_hu) & ~metal, CROSS)
+        cortex = padded(ndi.binary_closing, body & (hu > e.bone_hu) & ~metal & ~pool.mask, CROSS)
         small = int(2500.0 / (sp[1] * sp[2]))
         envelope = fill_slices(padded(ndi.binary_closing, cortex, disk(9.0, sp)), small)
         envelope = np.moveaxis(fill_slices(np.moveaxis(envelope, 2, 0), int(2500.0 / (sp[0] * sp[1]))), 0, 2)
-        bone = (fill_slices(cortex, small) | (envelope & (hu > e.marrow_hu))) & body & ~metal
+        bone = (fill_slices(cortex, small) | (envelope & (hu > e.marrow_hu))) & body & ~metal & ~pool.mask
         components, _ = ndi.label(bone)
         keep = component_sizes(components) * self.voxel_ml >= 0.1
         keep[0] = False
-        return keep[components]
+        bone, dropped = drop_plaque(keep[components], pool.vessels, self.voxel_ml)
+        if dropped:
+            self.notes["contrast"]["plaque_ml"] = round(dropped, 2)
+        return bone
 
     def fat(self, body, torso) -> np.ndarray:
         """Fat outside the muscle wall. Wall: tissue (> fat_hu[1]) deeper than 5 mm under the skin, opened by
@@ -274,8 +288,11 @@ class Segmenter:
             if not len(values):
                 confidence[structure.id] = 0.0
                 continue
-            limits = {BODY: [e.body_hu], LUNG_L: [e.lung_hu], LUNG_R: [e.lung_hu], AIRWAY: [e.airway_hu],
-                      BONE: [e.bone_hu], FAT: list(e.fat_hu)}[value]  # fmt: skip
+            if value == BLOOD:  # the lumen's edge
+                limits = [self.pool.low[edge]]
+            else:
+                limits = {BODY: [e.body_hu], LUNG_L: [e.lung_hu], LUNG_R: [e.lung_hu], AIRWAY: [e.airway_hu],
+                          BONE: [e.bone_hu], FAT: list(e.fat_hu)}[value]  # fmt: skip
             near = np.min([np.abs(values - t) for t in limits], axis=0) < e.near_hu[value]
             score = 1.0 - float(near.mean())
             if value in (LUNG_L, LUNG_R) and self.lung_split == "midline":

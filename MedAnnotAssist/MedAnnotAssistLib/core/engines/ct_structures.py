@@ -14,5 +14,13 @@ STRUCTURES = (
     anatomy("skeleton", "Skeleton", "#f1d6ab", Code("SCT", "272673000", "Bone"), category=TISSUE),
     # Slicer's DICOM tables have no "subcutaneous fat": tissue "Body fat", the subcutaneous part of it
     anatomy("subcutaneous_fat", "Subcutaneous fat", "#e6dc46", Code("SCT", "248300009", "Body fat"), category=TISSUE),
+    # the contrast-filled blood of the vessels and heart chambers: tissue "Blood"; empty on a native CT
+    anatomy(
+        "blood_pool",
+        "Contrast-enhanced vessels and heart chambers",
+        "#c8413c",
+        Code("SCT", "87612001", "Blood"),
+        category=TISSUE,
+    ),  # fmt: skip
 )
-BODY, LUNG_L, LUNG_R, AIRWAY, BONE, FAT = range(1, 7)  # internal labels, = position in STRUCTURES + 1
+BODY, LUNG_L, LUNG_R, AIRWAY, BONE, FAT, BLOOD = range(1, 8)  # internal labels, = position in STRUCTURES + 1
