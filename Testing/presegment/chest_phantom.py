@@ -7,10 +7,13 @@ noiseless HU map is blurred by the scanner's point spread (Gaussian, 0.6 mm), th
 slices (default 1.5 x 0.8 x 0.8 mm, noise 25 HU), a realistic arterial CT angiogram or portal-venous chest CT.
 Marrow has a trabecular texture (smooth noise of 45 HU, 1 mm correlation) that blood has not.
 
-HU (arterial / portal-venous): left heart and aorta 380 / 170, right heart and pulmonary arteries 300 / 165, an
-inflow jet of 650 / 170 in the right atrium, superior vena cava 1100 / 165, myocardium 120 / 100; vertebral marrow
-230 (dense, young bone: the hard case), sternal marrow 200, rib marrow 160, cortex 900 (vertebrae, sternum),
-800 (ribs), 1500 (humeri, 3 mm thick around fatty marrow), discs 90, plaque 900-1300.
+HU, arterial / portal-venous (native: blood 45, myocardium 40):
+
+- left heart and aorta 380 / 170; right heart and pulmonary arteries 300 / 165; an inflow jet in the right
+  atrium 650 / 170; superior vena cava 1100 / 165; myocardium 120 / 100;
+- vertebral marrow 230 by default (dense, young bone; ``marrow`` sets it), sternal marrow 200, rib marrow 160;
+- cortex 900 (vertebrae, sternum), 800 (ribs), 1500 (humeri, 3 mm thick around fatty marrow); discs 90;
+  plaque 900-1300.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from scipy import ndimage as ndi
 
 ARTERIAL = {"left": 380, "right": 300, "jet": 650, "svc": 1100, "myocardium": 120}
 VENOUS = {"left": 170, "right": 165, "jet": 170, "svc": 165, "myocardium": 100}
+NATIVE = {"left": 45, "right": 45, "jet": 45, "svc": 45, "myocardium": 40}
 
 
 def _tube(z, y, x, start, end, radius):
@@ -39,10 +43,10 @@ def _shell(inside_outer, inside_inner):
 
 
 @functools.lru_cache(maxsize=4)
-def chest(phase: str = "arterial", spacing=(1.5, 0.8, 0.8), noise: float = 25.0, seed: int = 0):
+def chest(phase: str = "arterial", spacing=(1.5, 0.8, 0.8), noise: float = 25.0, seed: int = 0, marrow: float = 230.0):
     """(hu int16, truth dict of masks, spacing). Truth: blood (lumen and chambers), plaque, bone (vertebrae with
     their arches, ribs, sternum, humeri), myocardium, aorta, heart, pulmonary, svc, vertebrae, ribs."""
-    levels = ARTERIAL if phase == "arterial" else VENOUS
+    levels = {"arterial": ARTERIAL, "portal-venous": VENOUS, "native": NATIVE}[phase]
     rng = np.random.default_rng(seed)
     shape = tuple(int(round(e / s)) for e, s in zip((170.0, 260.0, 380.0), spacing, strict=True))
     z, y, x = (np.arange(n, dtype=np.float32)[tuple(slice(None) if a == i else None for a in range(3))] * s
@@ -76,7 +80,7 @@ def chest(phase: str = "arterial", spacing=(1.5, 0.8, 0.8), noise: float = 25.0,
     hu[discs] = 90.0
     vertebrae = bodies | arch | spinous
     hu[vertebrae] = 900.0
-    hu[marrow_v] = 230.0 + texture[marrow_v]
+    hu[marrow_v] = marrow + texture[marrow_v]
     hu[np.broadcast_to(canal <= 8.0**2, shape)] = 15.0
 
     # sternum: a plate 12 mm thick, 40 mm wide, behind the anterior chest wall

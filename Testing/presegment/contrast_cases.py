@@ -135,7 +135,10 @@ def _add_plaques(out, vessel, spacing, rng, count) -> np.ndarray:
         lo = [max(0, int(c) - r) for c, r in zip(centre, reach, strict=True)]
         hi = [min(n, int(c) + r + 1) for c, r, n in zip(centre, reach, out.shape, strict=True)]
         # per voxel (a, b, c) and sub-sample (d, e, f): offset from the centre in mm along each axis
-        offsets = [((np.arange(a, b)[:, None] + sub[None]) - c) * s for a, b, c, s in zip(lo, hi, centre, spacing, strict=True)]
+        offsets = [
+            ((np.arange(a, b)[:, None] + sub[None]) - c) * step
+            for a, b, c, step in zip(lo, hi, centre, spacing, strict=True)
+        ]
         gz = offsets[0][:, None, None, :, None, None]
         gy = offsets[1][None, :, None, None, :, None]
         gx = offsets[2][None, None, :, None, None, :]

@@ -1,7 +1,7 @@
 """The built-in CT engine (core/engines/ct.py) on the real sample CTs and on a phantom with known truth.
 
 Acceptance on example_ct_sm (TotalSegmentator's reference labels): lungs and each lung Dice >= 0.93,
-skeleton vs vertebrae + ribs Dice >= 0.80, the body holds >= 99.5 % of all labelled voxels and no outside air
+skeleton vs vertebrae + ribs Dice >= 0.85, the body holds all labelled voxels and no outside air
 or table. Not tuned to that scan: the same checks on the bigger example_ct, on the real 0.98 mm DICOM series
 (contrast, arms beside the body), on example_ct resampled to 512 x 512 x 300, and on a phantom.
 """
@@ -92,13 +92,13 @@ def test_sample_lungs(sample):
 
 def test_sample_skeleton(sample, total_labels):
     _, reference, result, _ = sample
-    assert dice(result.mask("skeleton"), np.isin(reference, bone_labels(total_labels))) >= 0.80
+    assert dice(result.mask("skeleton"), np.isin(reference, bone_labels(total_labels))) >= 0.85
 
 
 def test_sample_body_holds_the_patient_and_no_outside_air_or_table(sample):
     image, reference, result, _ = sample
     body = result.labels > 0  # the "body" label holds what no other structure claims
-    assert body[reference > 0].mean() >= 0.995
+    assert body[reference > 0].all()
     hu = sitk.GetArrayFromImage(image)
     assert outside_air(hu).sum() > 10_000 and not (body & outside_air(hu)).any()
     table = table_voxels(image)
@@ -184,9 +184,9 @@ def test_example_ct_whole_volume(sample_dir, total_labels):
     top = slice(82, None)
     left, right = np.isin(reference, LOBES_LEFT), np.isin(reference, LOBES_RIGHT)
     assert dice(result.mask("lung_left")[top], left) >= 0.93 and dice(result.mask("lung_right")[top], right) >= 0.93
-    assert dice(result.mask("skeleton")[top], np.isin(reference, bone_labels(total_labels))) >= 0.80
+    assert dice(result.mask("skeleton")[top], np.isin(reference, bone_labels(total_labels))) >= 0.85
     body = result.labels > 0
-    assert body[top][reference > 0].mean() >= 0.995 and not (body & outside_air(hu)).any()
+    assert body[top][reference > 0].all() and not (body & outside_air(hu)).any()
     ml = {name: np.count_nonzero(result.mask(name)) * 27 / 1000 for name in result.names.values()}
     assert 8_000 < np.count_nonzero(body) * 27 / 1000 < 30_000
     assert 20 < ml["lung_left"] < 200 and 20 < ml["lung_right"] < 200  # lung bases only
@@ -205,7 +205,7 @@ def test_dicom_series_with_arms_and_contrast(sample_dir, total_labels):
     result, seconds = run(image)
     body = result.labels > 0
     hu = sitk.GetArrayFromImage(image)
-    assert body[reference > 0].mean() >= 0.995
+    assert body[reference > 0].all()
     arms = np.isin(reference, [v for v, n in total_labels.items() if n.startswith("humerus")])
     assert arms.sum() > 1000 and body[arms].all(), "the arms stay in the body"
     assert not (body & outside_air(hu)).any()

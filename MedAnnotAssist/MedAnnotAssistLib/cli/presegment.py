@@ -48,6 +48,8 @@ def cmd_presegment(args) -> int:
         print(f"{name:<28} {row['volume_ml']:>10.1f} {confidence:>10}")
     print(f"case uncertainty {summary['uncertainty']:.3f}; engine {summary['provenance']['engine']} "
           f"{summary['provenance']['version']}, {summary['provenance']['seconds']:.2f} s")  # fmt: skip
+    if contrast := summary["provenance"].get("notes", {}).get("contrast"):  # the CT engine reads the phase
+        print(f"contrast phase {contrast['phase']} (confidence {contrast['confidence']:.2f})")
     print(f"wrote {args.out}")
     return 0
 

@@ -56,7 +56,7 @@ from .ct_grid import FineBlocks, from_lps, occupancy, orientation, to_lps
 from .ct_segmenter import Segmenter
 from .ct_structures import AIRWAY, BLOOD, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 class CTEngine(Engine):

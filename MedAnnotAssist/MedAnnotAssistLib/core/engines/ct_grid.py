@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 CROSS = ndi.generate_binary_structure(3, 1)
 FLAT = np.zeros((3, 3, 3), bool)
 FLAT[1] = ndi.generate_binary_structure(2, 1)
+CUBE = np.ones((3, 3, 3), bool)
 
 
 def occupancy(padded, k, j, i, factors) -> np.ndarray:
@@ -127,3 +128,38 @@ class FineBlocks:
         for start in range(0, len(points), chunk):
             out[start : start + chunk] = self.values(points[start : start + chunk]).std(axis=1)
         return out
+
+
+def dilate_labels(labels, steps: int, by=None) -> np.ndarray:
+    """Label map grown by ``steps`` voxels (26-neighbourhood) into unlabelled voxels; where several labels meet,
+    the one with the highest ``by`` value (default: the highest label)."""
+    grown = labels.copy()
+    key = None if by is None else np.asarray(by, np.float32)
+    for _ in range(steps):
+        if key is None:
+            candidate = ndi.grey_dilation(grown, footprint=CUBE)
+        else:  # the neighbour with the highest key: dilate the key, then find which label carries it
+            rank = np.argsort(np.argsort(key)).astype(np.int32)  # label -> its rank by key
+            order = np.argsort(key).astype(np.int32)  # rank -> label
+            candidate = order[ndi.grey_dilation(np.where(grown > 0, rank[grown], -1), footprint=CUBE).clip(0)]
+            candidate[ndi.grey_dilation(grown, footprint=CUBE) == 0] = 0
+        grown = np.where(grown > 0, grown, candidate)
+    return grown
+
+
+def label_medians(values, labels, count: int) -> np.ndarray:
+    """The median of ``values`` over each label 1..``count`` of ``labels`` (index 0 and absent labels: 0); only
+    the labelled voxels are sorted, unlike ``ndimage.median``, which sorts the whole array."""
+    where = labels > 0
+    v, lab = values[where], labels[where]
+    order = np.lexsort((v, lab))
+    v, lab = v[order], lab[order]
+    counts = np.bincount(lab, minlength=count + 1)[: count + 1]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.zeros(count + 1, np.float64)
+    present = counts > 0
+    low = starts[present] + (counts[present] - 1) // 2
+    high = starts[present] + counts[present] // 2
+    out[present] = (v[low].astype(np.float64) + v[high]) / 2.0
+    out[0] = 0.0
+    return out

@@ -12,7 +12,7 @@ from .base import EngineError
 from .ct_grid import CROSS, FLAT, component_sizes, convex_hull_slices, disk, fill_slices, padded
 from .ct_phase import detect_phase
 from .ct_structures import AIRWAY, BLOOD, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
-from .ct_vessels import blood_pool, drop_plaque
+from .ct_vessels import blood_pool, drop_enhanced, drop_plaque
 
 
 class Segmenter:
@@ -48,7 +48,7 @@ class Segmenter:
         self.step(0.62, "contrast phase and blood pool")
         self.phase = detect_phase(self.hu, body, self.spacing, self.fine)
         self.notes["contrast"] = self.phase.note()
-        self.pool = blood_pool(self.hu, body, self.phase)
+        self.pool = blood_pool(self.hu, body, self.phase, self.fine)
         labels[self.pool.vessels] = BLOOD  # also when not wanted: the full-resolution decision needs it
         if "skeleton" in wanted:
             self.step(0.7, "skeleton")
@@ -253,9 +253,11 @@ class Segmenter:
         components, _ = ndi.label(bone)
         keep = component_sizes(components) * self.voxel_ml >= 0.1
         keep[0] = False
-        bone, dropped = drop_plaque(keep[components], pool.vessels, self.voxel_ml)
-        if dropped:
-            self.notes["contrast"]["plaque_ml"] = round(dropped, 2)
+        bone = keep[components]
+        if self.phase.contrast:
+            bone, plaque = drop_plaque(bone, pool.vessels, self.voxel_ml)
+            bone, enhanced = drop_enhanced(bone, hu, self.voxel_ml)
+            self.notes["contrast"] |= {"plaque_ml": round(plaque, 2), "enhanced_ml": round(enhanced, 2)}
         return bone
 
     def fat(self, body, torso) -> np.ndarray:

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .ct_grid import component_sizes
+from .ct_grid import component_sizes, dilate_labels, label_medians
 from .ct_phase import enclosed
 
-RIM_STEPS, BRANCH_STEPS = 2, 0
+RIM_STEPS, BRANCH_STEPS = 2, 8
+BRANCH_TEXTURE = 2.0  # most spread of the original voxels of a branch's working voxel, in soft tissue's units
+ORGAN_PEAK = 250.0  # bone on a contrast CT has voxels above this (cortex, on any grid up to 3 mm)
+SOURCE_ML = 1.0  # branches grow from cores of at least this volume (smaller ones may be pockets of marrow)
 PLAQUE_ML = 0.5
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -41,59 +44,71 @@ class Pool:
     high: np.ndarray
 
 
-def blood_pool(hu, body, phase) -> Pool:
-    """The pool grown from ``phase.cores`` (see the module docstring)."""
+def blood_pool(hu, body, phase, fine=None) -> Pool:
+    """The pool grown from ``phase.cores`` (see the module docstring); ``fine``: the original voxels
+    (FineBlocks), whose texture keeps branches out of marrow."""
     cores = phase.cores
     mask = cores > 0
     low, high = np.zeros(hu.shape, np.float32), np.zeros(hu.shape, np.float32)
     if not mask.any():
         return Pool(mask, mask.copy(), low, high)
-    count = int(cores.max())
+    count = len(phase.levels) - 1
     levels, noise = phase.levels, phase.noise_hu
     margin = max(4.0 * noise, 60.0)
-    box = _box(mask, RIM_STEPS + 3)
+    box = _box(mask, RIM_STEPS + BRANCH_STEPS + 3)
     c, h, b = cores[box], hu[box], body[box]
-    ring = _dilate_labels(c, 3)
-    ring[_dilate_labels(c, 1) > 0] = 0
+    ring = dilate_labels(c, 3)
+    ring[dilate_labels(c, 1) > 0] = 0
     darker = (ring > 0) & b & (h < levels[ring] - max(3.0 * noise, 30.0))
     background = np.full(count + 1, phase.soft_tissue_hu, np.float32)
     present = np.unique(ring[darker])
     present = present[present > 0]
     if len(present):
-        background[present] = ndi.median(h, np.where(darker, ring, 0), present)
+        background[present] = label_medians(h, np.where(darker, ring, 0), count)[present]
     edge = (background + 0.5 * (levels - background)).astype(np.float32)
     edge[0] = 0.0
     top = (levels + margin).astype(np.float32)
     top[0] = 0.0
     owner = c.copy()  # the core each pool voxel grew from
-    spacing = np.asarray(phase.spacing, float)
-    smooth = ndi.gaussian_filter(h, 3.0 / spacing)  # for the shape of branches: 3 mm
-    for step in range(RIM_STEPS + BRANCH_STEPS):
-        near = _dilate_labels(owner, 1, by=levels)
+    for _ in range(RIM_STEPS):
+        near = dilate_labels(owner, 1, by=levels)
         accept = (near > 0) & (owner == 0) & b & (h >= edge[near]) & (h <= top[near])
-        if step >= RIM_STEPS:  # beyond the lumen's rim: only along tubes, not along plates, and not into marrow
-            points = np.argwhere(accept)
-            if not len(points):
-                break
-            values = h[accept]
-            ok = ~plate_like(smooth, points, spacing)
-            low = phase.soft_tissue_hu + 0.25 * (values - phase.soft_tissue_hu)
-            ok &= enclosed(h, points, low, values + max(3.0 * noise, 30.0) + 30.0, spacing) < 0.5
-            accept[tuple(points[~ok].T)] = False
+        owner[accept] = near[accept]
+    soft = phase.soft_tissue_hu
+    shown = levels >= soft + 0.5 * ((phase.blood_hu or 0.0) - soft)  # vessels, not enhanced organs
+    shown[0] = False
+    source = shown & (
+        np.bincount(cores.ravel(), minlength=count + 1) * float(np.prod(phase.spacing)) / 1000.0 >= SOURCE_ML
+    )
+    lumen = np.maximum(edge, levels - np.maximum(3.0 * noise, 0.3 * (levels - background)))
+    spacing = np.asarray(phase.spacing, float)
+    smooth = ndi.gaussian_filter(h, 3.0 / spacing)  # the shape of branches at 3 mm
+    brightest = ndi.maximum_filter(h, footprint=_CUBE)  # a branch never touches what is brighter than blood
+    for _ in range(BRANCH_STEPS):  # along tubes of lumen-like HU, not along plates, not into marrow
+        near = dilate_labels(owner, 1, by=levels)
+        accept = source[near] & (owner == 0) & b & (h >= lumen[near]) & (brightest <= top[near])
+        points = np.argwhere(accept)
+        if not len(points):
+            break
+        values = h[accept]
+        ok = tube_like(smooth, points, spacing)
+        low = soft + 0.25 * (values - soft)
+        ok &= enclosed(h, points, low, values + max(3.0 * noise, 30.0) + 30.0, spacing) < 0.5
+        if fine is not None and phase.fine_noise is not None:
+            offset = np.array([s.start for s in box])
+            ok &= fine.spread(points + offset) <= BRANCH_TEXTURE * phase.fine_noise
+        accept[tuple(points[~ok].T)] = False
         owner[accept] = near[accept]
     full = np.zeros(cores.shape, np.int32)
     full[box] = owner
     mask = full > 0
     low, high = edge[full], top[full]
-    soft = phase.soft_tissue_hu
-    bright = levels >= soft + 0.5 * ((phase.blood_hu or 0.0) - soft)
-    bright[0] = False
-    return Pool(mask, bright[full], low, high)
+    return Pool(mask, shown[full], low, high)
 
 
-def plate_like(smooth, points, spacing) -> np.ndarray:
-    """Whether ``smooth`` is a bright plate at each of ``points`` (n, 3): the Hessian's most negative eigenvalue
-    is strongly negative and the next one less than a third of it (a tube or a blob has two or three)."""
+def tube_like(smooth, points, spacing) -> np.ndarray:
+    """Whether ``smooth`` is a bright tube or blob at each of ``points`` (n, 3): the Hessian's two most negative
+    eigenvalues are both negative, the second at least a third of the first (a plate, such as cortex, has one)."""
     inside = np.all((points > 0) & (points < np.array(smooth.shape) - 1), axis=1)
     result = np.zeros(len(points), bool)
     p = points[inside]
@@ -118,7 +133,7 @@ def plate_like(smooth, points, spacing) -> np.ndarray:
                 value = value / (4 * spacing[a] * spacing[b])
             hessian[:, a, b] = hessian[:, b, a] = value
     eigen = np.linalg.eigvalsh(hessian)  # ascending: eigen[:, 0] is the most negative
-    result[inside] = (eigen[:, 0] < 0) & (eigen[:, 1] > eigen[:, 0] / 3.0)
+    result[inside] = (eigen[:, 0] < 0) & (eigen[:, 1] <= eigen[:, 0] / 3.0)
     return result
 
 
@@ -138,21 +153,18 @@ def drop_plaque(bone, vessels, voxel_ml: float) -> tuple[np.ndarray, float]:
     return kept, float(np.count_nonzero(bone & ~kept) * voxel_ml)
 
 
-def _dilate_labels(labels, steps: int, by=None) -> np.ndarray:
-    """Label map grown by ``steps`` voxels (26-neighbourhood) into unlabelled voxels; where several labels meet,
-    the one with the highest ``by`` value (default: the highest label)."""
-    grown = labels.copy()
-    key = None if by is None else np.asarray(by, np.float32)
-    for _ in range(steps):
-        if key is None:
-            candidate = ndi.grey_dilation(grown, footprint=_CUBE)
-        else:  # the neighbour with the highest key: dilate the key, then find which label carries it
-            rank = np.argsort(np.argsort(key)).astype(np.int32)  # label -> its rank by key
-            order = np.argsort(key).astype(np.int32)  # rank -> label
-            candidate = order[ndi.grey_dilation(np.where(grown > 0, rank[grown], -1), footprint=_CUBE).clip(0)]
-            candidate[ndi.grey_dilation(grown, footprint=_CUBE) == 0] = 0
-        grown = np.where(grown > 0, grown, candidate)
-    return grown
+def drop_enhanced(bone, hu, voxel_ml: float) -> tuple[np.ndarray, float]:
+    """``bone`` without the components whose 99th percentile HU is at most ``ORGAN_PEAK``: enhanced parenchyma
+    (the kidney's cortex in the arterial phase) or a vessel apart from the pool; bone has brighter cortex."""
+    components, count = ndi.label(bone, _CUBE)
+    if not count:
+        return bone, 0.0
+    peaks = np.zeros(count + 1)
+    for value, where in enumerate(ndi.find_objects(components), start=1):
+        peaks[value] = np.percentile(hu[where][components[where] == value], 99)
+    dim = peaks <= ORGAN_PEAK
+    dim[0] = False
+    return bone & ~dim[components], float(np.count_nonzero(dim[components]) * voxel_ml)
 
 
 def _box(mask, margin: int) -> tuple[slice, ...]:
