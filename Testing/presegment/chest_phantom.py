@@ -43,12 +43,14 @@ def _shell(inside_outer, inside_inner):
 
 
 @functools.lru_cache(maxsize=4)
-def chest(phase: str = "arterial", spacing=(1.5, 0.8, 0.8), noise: float = 25.0, seed: int = 0, marrow: float = 230.0):
-    """(hu int16, truth dict of masks, spacing). Truth: blood (lumen and chambers), plaque, bone (vertebrae with
-    their arches, ribs, sternum, humeri), myocardium, aorta, heart, pulmonary, svc, vertebrae, ribs."""
+def chest(phase="arterial", spacing=(1.5, 0.8, 0.8), noise=25.0, seed=0, marrow=230.0, extent=(170.0, 260.0, 380.0)):
+    """(hu int16, truth dict of masks, spacing); ``extent`` (z, y, x) in mm: more adds chest wall, spine and air
+    beyond the heart (a whole chest's field of view, for the benchmark). Truth: blood (lumen and chambers), plaque,
+    bone (vertebrae with their arches, ribs, sternum, humeri), myocardium, aorta, heart, pulmonary, svc, vertebrae,
+    ribs."""
     levels = {"arterial": ARTERIAL, "portal-venous": VENOUS, "native": NATIVE}[phase]
     rng = np.random.default_rng(seed)
-    shape = tuple(int(round(e / s)) for e, s in zip((170.0, 260.0, 380.0), spacing, strict=True))
+    shape = tuple(int(round(e / s)) for e, s in zip(extent, spacing, strict=True))
     z, y, x = (np.arange(n, dtype=np.float32)[tuple(slice(None) if a == i else None for a in range(3))] * s
                for i, (n, s) in enumerate(zip(shape, spacing, strict=True)))  # fmt: skip
     cy, cx = 130.0, 190.0

@@ -1,4 +1,5 @@
-"""Built-in CT engine: body, lungs, airways, skeleton and subcutaneous fat from Hounsfield units alone.
+"""Built-in CT engine: body, lungs, airways, skeleton, subcutaneous fat and, on a contrast-enhanced CT, the blood
+pool (vessels and heart chambers), from Hounsfield units and shape alone.
 
 No model weights: thresholds, morphology and connected components (scipy.ndimage, SimpleITK), vectorised.
 Method (docs/presegmentation.md). The CT is block-averaged (``sitk.BinShrink``) to a working grid of about
@@ -18,16 +19,22 @@ Method (docs/presegmentation.md). The CT is block-averaged (``sitk.BinShrink``) 
   ringed by non-parenchyma (the trachea), seed the air below ``airway_hu`` within 50 mm in-plane (trachea,
   main bronchi); the threshold steps down to -1000 HU while that exceeds ``max_airway_ml``. Empty, not an
   error, when no seed exists (abdominal scans); seeds spanning < 20 mm in z are no trachea.
+- contrast phase and blood pool (ct_phase, ct_vessels): blood cores (thick, homogeneous, not enclosed by
+  brighter tissue) give the phase (native, arterial, portal-venous) with a confidence; the pool grows from them
+  over the lumen's edge and along tubes (Hessian), never brighter than blood, never into marrow.
 - skeleton: cortex HU > ``bone_hu`` (no metal > ``metal_hu``) closed, its slice-wise holes filled; marrow
   HU > ``marrow_hu`` where a 9 mm closing of the cortex encloses it in an axial or sagittal hole <= 25 cm2
-  (vertebral bodies of osteoporotic bone; not the whole thorax); components >= 0.1 ml.
+  (vertebral bodies of osteoporotic bone; not the whole thorax); components >= 0.1 ml; all outside the blood
+  pool, without the plaque and bright rims that lie on it, nor enhanced parenchyma (no voxel above 250 HU).
 - subcutaneous_fat: fat (``fat_hu``) in the body outside the muscle wall, i.e. outside the slice-wise holes of
   the tissue (> fat_hu[1]) deeper than 5 mm under the skin, opened by 3 mm and closed by 10 mm; in slices
   where that wall is open (holes < 70 % of its convex hull) the torso's hull; smoothed along z (6 mm).
 
 When the working grid is coarser than the image, labels come back by nearest neighbour and every working
 voxel with another label in its 26-neighbourhood is re-decided voxel by voxel on the original HU with the
-same thresholds, among those labels (marrow threshold where the interpolated skeleton covers the voxel).
+same thresholds, among those labels (marrow threshold where the interpolated skeleton covers the voxel; blood
+within its lumen's HU range, and next to blood bone only inside the interpolated skeleton); where bone meets
+blood, original skeleton voxels brighter than the lumen that do not connect to bone away from blood are plaque.
 
 Refusal (EngineError): not 3-D, not scalar, constant, or not HU-like. HU-like, on the working grid: 1st
 percentile <= -800 (air outside the body or in the lungs; padding below -1024 counts as air), >= 5 % of
@@ -55,6 +62,7 @@ from .base import Engine, EngineError, EngineInfo, EngineResult, check_image, pr
 from .ct_grid import FineBlocks, from_lps, occupancy, orientation, to_lps
 from .ct_segmenter import Segmenter
 from .ct_structures import AIRWAY, BLOOD, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
+from .ct_vessels import contrast_constants
 
 VERSION = "1.1.0"
 
@@ -88,7 +96,8 @@ class CTEngine(Engine):
         names = ("working_mm", "body_hu", "lung_hu", "airway_hu", "bone_hu", "marrow_hu", "metal_hu", "min_lung_ml",
                  "max_airway_ml")  # fmt: skip
         parameters = {name: getattr(self, name) for name in names} | {"fat_hu": list(self.fat_hu)}
-        return parameters | {"near_hu": {STRUCTURES[k - 1].id: v for k, v in self.near_hu.items()}}
+        parameters["near_hu"] = {STRUCTURES[k - 1].id: v for k, v in self.near_hu.items()}
+        return parameters | {"contrast": contrast_constants()}
 
     def run(self, image, structures=None, prompts=None, progress=None, cancel=None) -> EngineResult:
         import SimpleITK as sitk
@@ -152,7 +161,10 @@ class CTEngine(Engine):
         check_cancel(cancel, "CT pre-segmentation")
         hu_view = original[: ck * fk, : cj * fj, : ci * fi].reshape(ck, fk, cj, fj, ci, fi)
         bone = np.pad(labels == BONE, 1, mode="edge").astype(np.float32)
-        low, high = (ndi.grey_dilation(limit, size=(3, 3, 3)) for limit in blood)  # of the brightest blood around
+        low, high = (np.zeros(labels.shape, np.float32) for _ in range(2))  # of the brightest blood around
+        if (labels == BLOOD).any():
+            box = tuple(slice(max(0, int(w.min()) - 1), int(w.max()) + 2) for w in np.nonzero(labels == BLOOD))
+            low[box], high[box] = (ndi.grey_dilation(limit[box], size=(3, 3, 3)) for limit in blood)
         k, j, i = np.nonzero(band)
         for start in range(0, len(k), 40_000):  # bounded memory: 40k working voxels at a time
             kp, jp, ip = k[start : start + 40_000], j[start : start + 40_000], i[start : start + 40_000]

@@ -81,6 +81,13 @@ class Phase:
         }
 
 
+def ball(radius_mm: float, spacing) -> np.ndarray:
+    """The voxel offsets closer than ``radius_mm`` to the centre (an ellipsoid in voxels for ``spacing``)."""
+    reach = [int(np.ceil(radius_mm / s)) for s in spacing]
+    grid = np.meshgrid(*(np.arange(-r, r + 1) * s for r, s in zip(reach, spacing, strict=True)), indexing="ij")
+    return sum(g**2 for g in grid) < radius_mm**2
+
+
 def local_spread(hu: np.ndarray) -> np.ndarray:
     """Standard deviation of each voxel's 3 x 3 x 3 neighbourhood."""
     mean = ndi.uniform_filter(hu, 3)
@@ -110,12 +117,12 @@ def enclosed(hu, points, low, high, spacing, reach_mm: float = 20.0) -> np.ndarr
     return hits / len(IN_PLANE)
 
 
-def fine_noise(hu, body, fine) -> float | None:
-    """The median spread of the original voxels within the working voxels of calm soft tissue; None when the
+def fine_noise(calm, fine) -> float | None:
+    """The median spread of the original voxels within the working voxels of ``calm`` soft tissue; None when the
     working grid is the image's own."""
     if fine is None or not fine.finer:
         return None
-    sample = np.argwhere(ndi.binary_erosion(body & (hu > -30) & (hu < 130)))
+    sample = np.argwhere(calm)
     sample = sample[:: max(1, len(sample) // 20_000)]
     return max(float(np.median(fine.spread(sample))), 1.0) if len(sample) else None
 
@@ -123,7 +130,7 @@ def fine_noise(hu, body, fine) -> float | None:
 def blood_cores(hu, body, spacing, spread, soft_hu, noise, fine=None, fine_spread=None):
     """(label map of the blood cores, their median HU by label, their volumes in ml by label)."""
     candidate = body & (hu >= CORE_HU[0]) & (hu <= CORE_HU[1])
-    deep = ndi.distance_transform_edt(candidate, sampling=spacing) >= CORE_DEPTH_MM
+    deep = ndi.binary_erosion(candidate, ball(CORE_DEPTH_MM, spacing), border_value=1)  # nothing else within 4 mm
     core = candidate & deep & (spread <= max(3.0 * noise, 25.0))
     points = np.argwhere(core)
     if len(points):
@@ -175,7 +182,7 @@ def detect_phase(hu, body, spacing, fine=None) -> Phase:
     soft_hu = float(np.median(hu[soft])) if soft.any() else 40.0
     calm = ndi.binary_erosion(body & (hu > -30) & (hu < 130))
     noise = float(np.median(spread[calm])) if calm.any() else 15.0
-    fine_spread = fine_noise(hu, body, fine)
+    fine_spread = fine_noise(calm, fine)
     cores, levels, volumes = blood_cores(hu, body, spacing, spread, soft_hu, noise, fine, fine_spread)
     large = np.nonzero((volumes >= PHASE_CORE_ML) & (levels <= PHASE_HU))[0]
     large = large[large > 0]

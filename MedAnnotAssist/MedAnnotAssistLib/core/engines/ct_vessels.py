@@ -1,18 +1,25 @@
 """Blood versus bone on a contrast-enhanced CT (working grid, oriented S, P, L).
 
-The pool starts from the blood cores (ct_phase: thick, homogeneous, not enclosed by brighter tissue) and takes,
-within two working voxels, the voxels between the lumen's edge and the core's HU plus a margin (4 times the
-noise, at least 60 HU): brighter voxels are cortex or calcified plaque, never blood. The edge is half-way from
-the core's surroundings (the median of the darker voxels 2-3 voxels around it: fat, or the liver around the
-portal vein) to its HU. Each pool voxel keeps the edge and the upper limit of the core it grew from, for the
-full-resolution decision. Pool parts whose core is at least half-way from soft tissue to the phase's blood HU
-are the blood pool shown ("contrast-enhanced vessels and heart chambers"); dimmer cores (enhanced spleen in the
-arterial phase) only stay out of the skeleton.
+The pool starts from the blood cores (ct_phase: thick, homogeneous, not enclosed by brighter tissue):
 
-The skeleton is then found as on a native CT, outside the pool; afterwards, near the blood pool, what is not
-bone is dropped (``drop_plaque``): pieces under ``PLAQUE_ML`` that touch it or that lie on it for the most part
-(calcified plaque, inflow jets of undiluted contrast, a lumen's bright rim), and the bone voxels next to it that
-are not next to bone farther from it (plaque on the aortic wall, up to the spine it lies on).
+- rim: two steps (26-neighbourhood) into voxels between the lumen's edge and the core's HU plus a margin (4
+  times the noise, at least 60 HU): brighter voxels are cortex or calcified plaque, never blood. The edge is
+  half-way from the core's surroundings (the median of the darker voxels 2-3 voxels around it: fat, or the
+  liver around the portal vein) to its HU.
+- branches: up to eight more steps from cores of >= 1 ml, along the vessels leaving them: voxels of the lumen's
+  HU (at most 3 times the noise or 30 % of the contrast below it) that touch nothing brighter than blood, are
+  shaped as a tube or a blob by the Hessian of the image smoothed at 3 mm (a plate, such as cortex, is not), are
+  not enclosed by brighter tissue, and, on a finer image, have no marrow texture.
+
+Each pool voxel keeps the HU range of the core it grew from, for the full-resolution decision. Pool parts whose
+core is at least half-way from soft tissue to the phase's blood HU are shown as the blood pool ("contrast-
+enhanced vessels and heart chambers"); dimmer ones (the spleen in the arterial phase) only stay out of the bone.
+
+The skeleton is then found as on a native CT, outside the pool, and what is not bone is dropped: near the blood
+pool (``drop_plaque``), pieces under ``PLAQUE_ML`` that touch it or lie on it for the most part (calcified
+plaque, inflow jets of undiluted contrast, a lumen's bright rim) and the voxels next to it that are not next to
+bone farther from it (plaque on the aortic wall, up to the spine it lies on); anywhere (``drop_enhanced``),
+components without a voxel above ``ORGAN_PEAK`` (the kidney's cortex in the arterial phase).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import ct_phase
 from .ct_grid import component_sizes, dilate_labels, label_medians
 from .ct_phase import enclosed
 
@@ -42,6 +50,22 @@ class Pool:
     vessels: np.ndarray
     low: np.ndarray
     high: np.ndarray
+
+
+def contrast_constants() -> dict:
+    """The fixed limits of the contrast path (ct_phase, ct_vessels), for the provenance."""
+    return {
+        "core_hu": list(ct_phase.CORE_HU),
+        "core_depth_mm": ct_phase.CORE_DEPTH_MM,
+        "core_ml": ct_phase.MIN_CORE_ML,
+        "phase_core_ml": ct_phase.PHASE_CORE_ML,
+        "phase_enhancement_hu": [ct_phase.CONTRAST_E, ct_phase.ARTERIAL_E],
+        "texture": [ct_phase.COARSE_TEXTURE, ct_phase.FINE_TEXTURE, ct_phase.COARSE_TEXTURE_FINE],
+        "rim_steps": RIM_STEPS,
+        "branch_steps": BRANCH_STEPS,
+        "plaque_ml": PLAQUE_ML,
+        "organ_peak_hu": ORGAN_PEAK,
+    }
 
 
 def blood_pool(hu, body, phase, fine=None) -> Pool:
