@@ -212,7 +212,7 @@ def test_dicom_series_with_arms_and_contrast(sample_dir, total_labels):
     table = table_voxels(image)
     assert table.sum() >= 1000 and not (body & table).any()
     bones = [v for v, n in total_labels.items() if n.startswith(("vertebrae_", "rib_", "humerus", "costal"))]
-    assert dice(result.mask("skeleton"), np.isin(reference, bones)) >= 0.6  # measured 0.68; aorta calcified
+    assert dice(result.mask("skeleton"), np.isin(reference, bones)) >= 0.7  # 0.72 (0.68 when the aorta was bone)
     spacing_ml = np.prod(image.GetSpacing()) / 1000
     assert np.count_nonzero(result.mask("lung_left") | result.mask("lung_right")) * spacing_ml < 5  # no lung
     assert seconds < 10
