@@ -13,7 +13,7 @@ HU, arterial / portal-venous (native: blood 45, myocardium 40):
   atrium 650 / 170; superior vena cava 1100 / 165; myocardium 120 / 100;
 - vertebral marrow 230 by default (dense, young bone; ``marrow`` sets it), sternal marrow 200, rib marrow 160;
 - cortex 900 (vertebrae, sternum), 800 (ribs), 1500 (humeri, 3 mm thick around fatty marrow); discs 90;
-  plaque 900-1300.
+  plaque on the aortic wall 900-1300, coronary calcium on the heart's surface 700-1100 (0.1-0.3 ml).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def _shell(inside_outer, inside_inner):
 def chest(phase="arterial", spacing=(1.5, 0.8, 0.8), noise=25.0, seed=0, marrow=230.0, extent=(170.0, 260.0, 380.0)):
     """(hu int16, truth dict of masks, spacing); ``extent`` (z, y, x) in mm: more adds chest wall, spine and air
     beyond the heart (a whole chest's field of view, for the benchmark). Truth: blood (lumen and chambers), plaque,
-    bone (vertebrae with their arches, ribs, sternum, humeri), myocardium, aorta, heart, pulmonary, svc, vertebrae,
-    ribs."""
+    coronary_calcium, bone (vertebrae with their arches, ribs, sternum, humeri), myocardium, aorta, heart,
+    pulmonary, svc, vertebrae, ribs."""
     levels = {"arterial": ARTERIAL, "portal-venous": VENOUS, "native": NATIVE}[phase]
     rng = np.random.default_rng(seed)
     shape = tuple(int(round(e / s)) for e, s in zip(extent, spacing, strict=True))
@@ -140,7 +140,7 @@ def chest(phase="arterial", spacing=(1.5, 0.8, 0.8), noise=25.0, seed=0, marrow=
     blood = aorta | (left_heart | right_heart) | pulmonary | svc
 
     # plaque: calcified spots on the aorta's wall, some where it lies on the spine
-    plaque = np.zeros(shape, bool)
+    plaque, coronary = np.zeros(shape, bool), np.zeros(shape, bool)
     for _ in range(12):
         zc = rng.uniform(10.0, 120.0)
         theta = rng.uniform(0, 2 * np.pi) if rng.random() < 0.6 else rng.uniform(2.0, 3.2)  # some towards the spine
@@ -148,6 +148,18 @@ def chest(phase="arterial", spacing=(1.5, 0.8, 0.8), noise=25.0, seed=0, marrow=
         spot = ((z - zc) ** 2 + (y - yc) ** 2 + (x - xc) ** 2) <= rng.uniform(1.5, 2.5) ** 2
         hu[spot] = rng.uniform(900.0, 1300.0)
         plaque |= spot
+
+    # coronary calcium: spots on the heart's surface, in the epicardial fat over the myocardium
+    for _ in range(4):
+        theta, phi = rng.uniform(0, 2 * np.pi), rng.uniform(-0.6, 0.6)
+        zc, yc, xc = (
+            hz + 44.0 * np.sin(phi),
+            hy + 48.0 * np.cos(phi) * np.sin(theta),
+            hx + 64.0 * np.cos(phi) * np.cos(theta),
+        )
+        spot = ((z - zc) ** 2 + (y - yc) ** 2 + (x - xc) ** 2) <= rng.uniform(3.0, 4.0) ** 2  # 0.1-0.3 ml
+        hu[spot] = rng.uniform(700.0, 1100.0)
+        coronary |= spot
 
     # arms: humeri (cortex 3 mm at 1500 HU around fatty marrow) beside the chest
     humeri = np.zeros(shape, bool)
@@ -164,6 +176,7 @@ def chest(phase="arterial", spacing=(1.5, 0.8, 0.8), noise=25.0, seed=0, marrow=
     truth = {
         "blood": blood & ~plaque,
         "plaque": plaque,
+        "coronary_calcium": coronary,
         "bone": vertebrae | ribs | (sternum_out) | humeri,
         "vertebrae": vertebrae,
         "ribs": ribs,

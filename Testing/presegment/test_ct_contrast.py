@@ -159,12 +159,13 @@ def test_thin_slices(phase, sample_dir, total_labels):
 @pytest.mark.parametrize("phase, marrow", [("arterial", 230.0), ("arterial", 380.0), ("portal-venous", 230.0)])
 def test_chest_phantom(phase, marrow):
     """Heart, aorta on a vertebra with dense marrow (380: as bright as the blood), pulmonary trunk, undiluted
-    contrast in the superior vena cava, plaque on the aortic wall, sternum and ribs near the heart."""
+    contrast in the superior vena cava, plaque on the aortic wall, coronary calcium, sternum and ribs near the
+    heart."""
     truth, result = _chest(phase, marrow)
     skeleton = result.mask("skeleton")
     for name in ("aorta", "heart", "pulmonary", "svc"):
         assert fraction(skeleton, truth[name]) <= BLOOD_IN_SKELETON, name
-    assert fraction(skeleton, truth["plaque"]) <= 0.25
+    assert fraction(skeleton, truth["plaque"]) <= 0.25 and fraction(skeleton, truth["coronary_calcium"]) <= 0.25
     for name in ("vertebrae", "ribs", "bone"):
         assert fraction(skeleton, truth[name]) >= 0.95, name
     assert dice(result.mask("blood_pool"), truth["blood"]) >= 0.75
@@ -198,3 +199,22 @@ def test_phase_in_provenance_and_command_line(sample_dir, tmp_path):
     assert "Contrast-enhanced vessels and heart chambers" in run.stdout
     summary = json.loads(out.with_name("arterial.presegment.json").read_text())
     assert summary["provenance"]["notes"]["contrast"]["phase"] == "arterial"
+
+
+@pytest.mark.parametrize("layout", ["lps", "nifti", "coronal"])
+def test_fine_blocks_are_the_working_voxels(layout):
+    """The original voxels behind each working voxel (for the texture tests), in every storage layout: their mean
+    is the working grid's block mean, oriented (S, P, L)."""
+    from MedAnnotAssistLib.core.engines.ct_grid import FineBlocks, orientation, to_lps
+    from Testing.presegment.test_ct_engine import as_image
+
+    rng = np.random.default_rng(3)
+    image = as_image(rng.integers(-1000, 1000, (14, 17, 20)).astype(np.int16), (1.5, 1.0, 0.5), layout)
+    factors = [2, 3, 4]  # i, j, k
+    hu = sitk.GetArrayFromImage(sitk.BinShrink(image, factors)).astype(np.float32)
+    order, flips = orientation(np.array(image.GetDirection()).reshape(3, 3))
+    hu = to_lps(hu, order, flips)
+    fine = FineBlocks(sitk.GetArrayViewFromImage(image), factors[::-1], order, flips, hu.shape)
+    points = np.argwhere(np.ones(hu.shape, bool))
+    assert np.allclose(fine.values(points).mean(axis=1), hu[tuple(points.T)], atol=0.51)  # int16 means, rounded
+    assert fine.finer and np.allclose(fine.spread(points), fine.values(points).std(axis=1))

@@ -7,7 +7,7 @@ A blood core is what contrast-filled blood looks like at a few millimetres:
 - locally homogeneous: the spread of the 3 x 3 x 3 neighbourhood at most 3 times the scan's noise (the median
   spread in calm soft tissue);
 - not enclosed by brighter tissue: among the 8 in-plane directions, fewer than half meet a voxel brighter than
-  the core voxel (by 3 times the noise + 60 HU) before one darker than a quarter of the way down to soft tissue
+  the core voxel (by max(3 x noise, 30 HU) + 30 HU) before one darker than a quarter of the way down to soft tissue
   (marrow inside its cortex is enclosed; the aorta on the spine meets bone on one side only);
 - in components of >= 0.2 ml whose median texture is that of blood, not of marrow: the median 3 x 3 x 3 spread
   at most 1.8 times the noise when the working grid is the image's own; when the image is finer, the median

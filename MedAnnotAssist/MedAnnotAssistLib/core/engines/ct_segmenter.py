@@ -255,7 +255,7 @@ class Segmenter:
         keep[0] = False
         bone = keep[components]
         if self.phase.contrast:
-            bone, plaque = drop_plaque(bone, pool.vessels, self.voxel_ml)
+            bone, plaque = drop_plaque(bone, pool.vessels, sp)
             bone, enhanced = drop_enhanced(bone, hu, self.voxel_ml)
             self.notes["contrast"] |= {"plaque_ml": round(plaque, 2), "enhanced_ml": round(enhanced, 2)}
         return bone

@@ -15,11 +15,14 @@ Each pool voxel keeps the HU range of the core it grew from, for the full-resolu
 core is at least half-way from soft tissue to the phase's blood HU are shown as the blood pool ("contrast-
 enhanced vessels and heart chambers"); dimmer ones (the spleen in the arterial phase) only stay out of the bone.
 
-The skeleton is then found as on a native CT, outside the pool, and what is not bone is dropped: near the blood
-pool (``drop_plaque``), pieces under ``PLAQUE_ML`` that touch it or lie on it for the most part (calcified
-plaque, inflow jets of undiluted contrast, a lumen's bright rim) and the voxels next to it that are not next to
-bone farther from it (plaque on the aortic wall, up to the spine it lies on); anywhere (``drop_enhanced``),
-components without a voxel above ``ORGAN_PEAK`` (the kidney's cortex in the arterial phase).
+The skeleton is then found as on a native CT, outside the pool, and what is not bone is dropped:
+
+- near the blood pool (``drop_plaque``): pieces under ``PLAQUE_ML`` within ``PLAQUE_REACH_MM`` of it (calcified
+  plaque, coronary calcium on the heart), pieces that lie on it for the most part (inflow jets of undiluted
+  contrast, a lumen's bright rim), and the voxels next to it that are not next to bone farther from it (plaque on
+  the aortic wall, up to the spine it lies on);
+- anywhere (``drop_enhanced``): components without a voxel above ``ORGAN_PEAK`` (the kidney's cortex in the
+  arterial phase).
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from scipy import ndimage as ndi
 
 from . import ct_phase
 from .ct_grid import component_sizes, dilate_labels, label_medians
-from .ct_phase import enclosed
+from .ct_phase import ball, enclosed
 
 RIM_STEPS, BRANCH_STEPS = 2, 8
 BRANCH_TEXTURE = 2.0  # most spread of the original voxels of a branch's working voxel, in soft tissue's units
 ORGAN_PEAK = 250.0  # bone on a contrast CT has voxels above this (cortex, on any grid up to 3 mm)
 SOURCE_ML = 1.0  # branches grow from cores of at least this volume (smaller ones may be pockets of marrow)
-PLAQUE_ML = 0.5
+PLAQUE_ML, PLAQUE_REACH_MM = 0.5, 12.0
 _CUBE = np.ones((3, 3, 3), bool)
 
 
@@ -64,6 +67,7 @@ def contrast_constants() -> dict:
         "rim_steps": RIM_STEPS,
         "branch_steps": BRANCH_STEPS,
         "plaque_ml": PLAQUE_ML,
+        "plaque_reach_mm": PLAQUE_REACH_MM,
         "organ_peak_hu": ORGAN_PEAK,
     }
 
@@ -73,9 +77,8 @@ def blood_pool(hu, body, phase, fine=None) -> Pool:
     (FineBlocks), whose texture keeps branches out of marrow."""
     cores = phase.cores
     mask = cores > 0
-    low, high = np.zeros(hu.shape, np.float32), np.zeros(hu.shape, np.float32)
     if not mask.any():
-        return Pool(mask, mask.copy(), low, high)
+        return Pool(mask, mask.copy(), np.zeros(hu.shape, np.float32), np.zeros(hu.shape, np.float32))
     count = len(phase.levels) - 1
     levels, noise = phase.levels, phase.noise_hu
     margin = max(4.0 * noise, 60.0)
@@ -115,9 +118,9 @@ def blood_pool(hu, body, phase, fine=None) -> Pool:
         if not len(points):
             break
         values = h[accept]
-        ok = tube_like(smooth, points, spacing)
-        low = soft + 0.25 * (values - soft)
-        ok &= enclosed(h, points, low, values + max(3.0 * noise, 30.0) + 30.0, spacing) < 0.5
+        ok = tube_or_blob(smooth, points, spacing)
+        darker = soft + 0.25 * (values - soft)
+        ok &= enclosed(h, points, darker, values + max(3.0 * noise, 30.0) + 30.0, spacing) < 0.5
         if fine is not None and phase.fine_noise is not None:
             offset = np.array([s.start for s in box])
             ok &= fine.spread(points + offset) <= BRANCH_TEXTURE * phase.fine_noise
@@ -125,12 +128,10 @@ def blood_pool(hu, body, phase, fine=None) -> Pool:
         owner[accept] = near[accept]
     full = np.zeros(cores.shape, np.int32)
     full[box] = owner
-    mask = full > 0
-    low, high = edge[full], top[full]
-    return Pool(mask, shown[full], low, high)
+    return Pool(full > 0, shown[full], edge[full], top[full])
 
 
-def tube_like(smooth, points, spacing) -> np.ndarray:
+def tube_or_blob(smooth, points, spacing) -> np.ndarray:
     """Whether ``smooth`` is a bright tube or blob at each of ``points`` (n, 3): the Hessian's two most negative
     eigenvalues are both negative, the second at least a third of the first (a plate, such as cortex, has one)."""
     inside = np.all((points > 0) & (points < np.array(smooth.shape) - 1), axis=1)
@@ -161,15 +162,18 @@ def tube_like(smooth, points, spacing) -> np.ndarray:
     return result
 
 
-def drop_plaque(bone, vessels, voxel_ml: float) -> tuple[np.ndarray, float]:
+def drop_plaque(bone, vessels, spacing) -> tuple[np.ndarray, float]:
     """``bone`` without what is not bone near the blood pool ``vessels``; returns it and the volume dropped (ml)."""
     if not vessels.any() or not bone.any():
         return bone, 0.0
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     beside = ndi.binary_dilation(vessels, _CUBE)
+    near = ndi.binary_dilation(vessels, ball(PLAQUE_REACH_MM, spacing))  # coronary calcium lies on the heart
     components, _ = ndi.label(bone, _CUBE)
     sizes = component_sizes(components)
     on_pool = np.bincount(components[beside & bone], minlength=len(sizes))
-    drop = (on_pool > 0) & ((sizes * voxel_ml < PLAQUE_ML) | (on_pool >= 0.5 * sizes))
+    close = np.bincount(components[near & bone], minlength=len(sizes)) > 0
+    drop = (close & (sizes * voxel_ml < PLAQUE_ML)) | (on_pool >= 0.5 * sizes)
     drop[0] = False
     kept = bone & ~drop[components]
     contested = kept & beside
