@@ -218,3 +218,15 @@ def test_fine_blocks_are_the_working_voxels(layout):
     points = np.argwhere(np.ones(hu.shape, bool))
     assert np.allclose(fine.values(points).mean(axis=1), hu[tuple(points.T)], atol=0.51)  # int16 means, rounded
     assert fine.finer and np.allclose(fine.spread(points), fine.values(points).std(axis=1))
+
+
+def test_dense_bone_apart_from_blood_stays_bone():
+    """A homogeneous block of dense bone (1600 HU, 24 mm, like the petrous bone) in the arterial chest's wall is
+    as bright and thick as undiluted contrast, but lies apart from blood: it stays skeleton, out of the pool."""
+    hu, _, spacing = chest_phantom.chest("arterial", (1.5, 1.0, 1.0))
+    hu = hu.copy()
+    block = (slice(40, 56), slice(150, 174), slice(40, 64))  # z 60-84, y 150-174, x 40-64 mm: right chest wall
+    hu[block] = 1600 + np.random.default_rng(5).normal(0, 25, hu[block].shape).astype(np.int16)
+    result = CTEngine().run(chest_phantom.as_image(hu, spacing))
+    assert result.provenance["notes"]["contrast"]["phase"] == "arterial"
+    assert result.mask("skeleton")[block].mean() >= 0.9 and not result.mask("blood_pool")[block].any()

@@ -14,7 +14,9 @@ A blood core is what contrast-filled blood looks like at a few millimetres:
   spread of the original voxels within each working voxel at most 1.6 times that of soft tissue (and the 3 x 3
   x 3 one at most 2.2);
 - components under 2 ml with at most 35 % of the voxels 2-3 voxels around them as bright as their lumen's edge
-  (half-way from the median of the darker ones to their HU): a pocket of marrow sits amid bone as bright.
+  (half-way from the median of the darker ones to their HU): a pocket of marrow sits amid bone as bright;
+- components above 700 HU (undiluted contrast) within 4 voxels of a core of ordinary HU: the injected vein
+  drains into the heart, dense bone (the petrous bone) lies apart from blood.
 
 The phase follows from the enhancement E: the HU of the brightest core of >= 3 ml and <= 700 HU (the aorta, the
 heart; undiluted contrast in the injected vein says nothing of the phase) minus the soft tissue's (median of body
@@ -170,7 +172,13 @@ def blood_cores(hu, body, spacing, spread, soft_hu, noise, fine=None, fine_sprea
     levels = np.zeros(count + 1, np.float32)
     if count:
         levels[1:] = label_medians(hu, cores, count)[1:]
-    return cores, levels, component_sizes(cores) * voxel_ml
+    dense = levels > PHASE_HU
+    if dense.any():  # undiluted contrast flows into blood of ordinary HU; dense bone (the petrous bone) does not
+        reach = dilate_labels(np.where(dense[cores], cores, 0), 4)
+        joined = np.unique(reach[(cores > 0) & ~dense[cores]])
+        dense[joined] = False
+        cores = np.where(dense[cores], 0, cores)
+    return cores, levels, component_sizes(cores)[: count + 1] * voxel_ml
 
 
 def detect_phase(hu, body, spacing, fine=None) -> Phase:
