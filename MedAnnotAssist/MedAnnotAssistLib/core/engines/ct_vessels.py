@@ -17,10 +17,10 @@ enhanced vessels and heart chambers"); dimmer ones (the spleen in the arterial p
 
 The skeleton is then found as on a native CT, outside the pool, and what is not bone is dropped:
 
-- near the blood pool (``drop_plaque``): pieces under ``PLAQUE_ML`` within ``PLAQUE_REACH_MM`` of it (calcified
-  plaque, coronary calcium on the heart), pieces that lie on it for the most part (inflow jets of undiluted
-  contrast, a lumen's bright rim), and the voxels next to it that are not next to bone farther from it (plaque on
-  the aortic wall, up to the spine it lies on);
+- near the blood pool (``drop_plaque``): pieces under ``PLAQUE_ML`` within ``PLAQUE_REACH_MM`` of it (as many
+  working voxels, 26-neighbourhood: calcified plaque, coronary calcium on the heart), pieces that lie on it for
+  the most part (inflow jets of undiluted contrast, a lumen's bright rim), and the voxels next to it that are
+  not next to bone farther from it (plaque on the aortic wall, up to the spine it lies on);
 - anywhere (``drop_enhanced``): components without a voxel above ``ORGAN_PEAK`` (the kidney's cortex in the
   arterial phase).
 """
@@ -34,7 +34,7 @@ from scipy import ndimage as ndi
 
 from . import ct_phase
 from .ct_grid import component_sizes, dilate_labels, label_medians
-from .ct_phase import ball, enclosed
+from .ct_phase import enclosed
 
 RIM_STEPS, BRANCH_STEPS = 2, 8
 BRANCH_TEXTURE = 2.0  # most spread of the original voxels of a branch's working voxel, in soft tissue's units
@@ -168,12 +168,15 @@ def drop_plaque(bone, vessels, spacing) -> tuple[np.ndarray, float]:
         return bone, 0.0
     voxel_ml = float(np.prod(spacing)) / 1000.0
     beside = ndi.binary_dilation(vessels, _CUBE)
-    near = ndi.binary_dilation(vessels, ball(PLAQUE_REACH_MM, spacing))  # coronary calcium lies on the heart
     components, _ = ndi.label(bone, _CUBE)
     sizes = component_sizes(components)
     on_pool = np.bincount(components[beside & bone], minlength=len(sizes))
-    close = np.bincount(components[near & bone], minlength=len(sizes)) > 0
-    drop = (close & (sizes * voxel_ml < PLAQUE_ML)) | (on_pool >= 0.5 * sizes)
+    steps = max(1, int(round(PLAQUE_REACH_MM / float(np.mean(spacing)))))
+    box = _box(vessels, steps + 1)
+    near = np.zeros(bone.shape, bool)  # within reach of the pool: coronary calcium lies on the heart
+    near[box] = ndi.binary_dilation(vessels[box], _CUBE, iterations=steps)
+    close = (np.bincount(components[near & bone], minlength=len(sizes)) > 0) & (sizes * voxel_ml < PLAQUE_ML)
+    drop = close | (on_pool >= 0.5 * sizes)
     drop[0] = False
     kept = bone & ~drop[components]
     contested = kept & beside
