@@ -1,21 +1,23 @@
-"""Synthetic contrast-enhanced CTs for the CT engine's tests and benchmark, seeded and reproducible.
+"""Synthetic contrast-enhanced CTs for the CT engine's tests, seeded and reproducible.
 
 ``enhance`` turns a native CT with reference labels (TotalSegmentator names) into an arterial or portal-venous
-one: each enhancing structure is raised to a typical HU for that phase (``PHASE_HU``), weighted by a
-partial-volume fraction (the label smoothed by a Gaussian of half a voxel, so edge voxels mix, as on a scanner),
-with a smooth random inflow pattern of a few percent; the scan's own noise and texture stay, since CT noise does
-not depend on the contrast. Calcified plaque (800-1400 HU spots of 1-2.5 mm, partial-volume averaged onto the
-grid) is put on the aorta's wall. ``thin_slices`` resamples a case to a finer grid and adds white noise so that,
-averaged back over the original voxel, the noise is the scan's again (thin slices are noisier).
+one:
 
-``chest`` (in ``chest_phantom``) builds a chest with heart, aorta touching the spine, pulmonary trunk, a
-dense-contrast superior vena cava, sternum, ribs and arms, with known truth.
+- each enhancing structure is raised to a typical HU for that phase (``PHASE_HU``), weighted by a
+  partial-volume fraction: the label smoothed by a Gaussian of half a voxel, so edge voxels mix, as on a scanner;
+- a smooth random inflow pattern of a few percent is added;
+- the scan's own noise and texture stay, since CT noise does not depend on the contrast;
+- calcified plaque (800-1400 HU spots of 1-2.5 mm, averaged over the grid's voxels) is put on the aorta's wall.
+
+``thin_slices`` resamples a case to a finer grid and adds white noise (thin slices are noisier).
+``sample_case`` makes ``example_ct_sm`` arterial or portal-venous, cached per process. The chest phantom, with a
+heart and the aorta on the spine, is in ``chest_phantom``.
 
 HU per phase (typical values of routine CT: late arterial about 35 s after injection, portal-venous about
-70 s): the aorta and arteries 330 / 170, the heart's left chambers 330 / 160, the right ones and the pulmonary
-arteries 280 / 160, the superior vena cava and brachiocephalic veins (injection side) 700 / 160, the portal and
-splenic vein 140 / 180, the inferior vena cava 90 / 140, liver 65 / 105, spleen 120 / 120, kidneys (cortex,
-medulla) 200, 100 / 170, 170, pancreas 110 / 100, muscle +5 / +10.
+70 s): the aorta and arteries 330 / 170, the heart 300 / 160, the pulmonary arteries 280 / 160, the superior
+vena cava and brachiocephalic veins (injection side) 700 / 160, the portal and splenic vein 140 / 180, the
+inferior vena cava 90 / 140, liver 65 / 105, spleen 120 / 120, kidneys (cortex, medulla) 200, 100 / 170, 170,
+pancreas 110 / 100, muscle +5 / +10.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ PHASE_HU = {
     "pancreas": (110, 100),
 }
 MUSCLES = ("autochthon", "iliopsoas", "gluteus")
-BLOOD = ("aorta", "heart", "pulmonary_artery", "inferior_vena_cava")  # the acceptance's "blood" structures
 
 
 def target_hu(name: str, phase: str):
