@@ -32,7 +32,8 @@ class Segmenter:
         self.report(fraction, message)
 
     def run(self, wanted) -> np.ndarray:
-        """Internal labels (BODY ... FAT); structures not in ``wanted`` are skipped where nothing needs them."""
+        """Internal labels (BODY ... BLOOD); structures not in ``wanted`` are skipped where nothing needs them (the
+        contrast phase is always read: provenance reports it)."""
         self.step(0.1, "body")
         body, torso = self.body()
         labels = body.astype(np.uint8)
@@ -242,7 +243,7 @@ class Segmenter:
     def skeleton(self, body, pool) -> np.ndarray:
         """Cortex (> bone_hu) closed; marrow (> marrow_hu) where a closing of 9 mm encloses it in an axial or
         sagittal hole of at most 25 cm2 (vertebral bodies, not the thorax); metal and small bits dropped; all
-        outside the blood ``pool``, and without the small pieces that touch it (plaque)."""
+        outside the blood ``pool``; on a contrast CT without plaque near it and enhanced parenchyma (ct_vessels)."""
         hu, e, sp = self.hu, self.e, self.spacing
         metal = ndi.binary_dilation(hu > e.metal_hu, CROSS)
         cortex = padded(ndi.binary_closing, body & (hu > e.bone_hu) & ~metal & ~pool.mask, CROSS)
