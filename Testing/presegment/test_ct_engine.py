@@ -1,7 +1,7 @@
 """The built-in CT engine (core/engines/ct.py) on the real sample CTs and on a phantom with known truth.
 
 Acceptance on example_ct_sm (TotalSegmentator's reference labels): lungs and each lung Dice >= 0.93,
-skeleton vs vertebrae + ribs Dice >= 0.80, the body holds >= 99.5 % of all labelled voxels and no outside air
+skeleton vs vertebrae + ribs Dice >= 0.85, the body holds all labelled voxels and no outside air
 or table. Not tuned to that scan: the same checks on the bigger example_ct, on the real 0.98 mm DICOM series
 (contrast, arms beside the body), on example_ct resampled to 512 x 512 x 300, and on a phantom.
 """
@@ -92,13 +92,13 @@ def test_sample_lungs(sample):
 
 def test_sample_skeleton(sample, total_labels):
     _, reference, result, _ = sample
-    assert dice(result.mask("skeleton"), np.isin(reference, bone_labels(total_labels))) >= 0.80
+    assert dice(result.mask("skeleton"), np.isin(reference, bone_labels(total_labels))) >= 0.85
 
 
 def test_sample_body_holds_the_patient_and_no_outside_air_or_table(sample):
     image, reference, result, _ = sample
     body = result.labels > 0  # the "body" label holds what no other structure claims
-    assert body[reference > 0].mean() >= 0.995
+    assert body[reference > 0].all()
     hu = sitk.GetArrayFromImage(image)
     assert outside_air(hu).sum() > 10_000 and not (body & outside_air(hu)).any()
     table = table_voxels(image)
@@ -184,9 +184,9 @@ def test_example_ct_whole_volume(sample_dir, total_labels):
     top = slice(82, None)
     left, right = np.isin(reference, LOBES_LEFT), np.isin(reference, LOBES_RIGHT)
     assert dice(result.mask("lung_left")[top], left) >= 0.93 and dice(result.mask("lung_right")[top], right) >= 0.93
-    assert dice(result.mask("skeleton")[top], np.isin(reference, bone_labels(total_labels))) >= 0.80
+    assert dice(result.mask("skeleton")[top], np.isin(reference, bone_labels(total_labels))) >= 0.85
     body = result.labels > 0
-    assert body[top][reference > 0].mean() >= 0.995 and not (body & outside_air(hu)).any()
+    assert body[top][reference > 0].all() and not (body & outside_air(hu)).any()
     ml = {name: np.count_nonzero(result.mask(name)) * 27 / 1000 for name in result.names.values()}
     assert 8_000 < np.count_nonzero(body) * 27 / 1000 < 30_000
     assert 20 < ml["lung_left"] < 200 and 20 < ml["lung_right"] < 200  # lung bases only
@@ -205,14 +205,14 @@ def test_dicom_series_with_arms_and_contrast(sample_dir, total_labels):
     result, seconds = run(image)
     body = result.labels > 0
     hu = sitk.GetArrayFromImage(image)
-    assert body[reference > 0].mean() >= 0.995
+    assert body[reference > 0].all()
     arms = np.isin(reference, [v for v, n in total_labels.items() if n.startswith("humerus")])
     assert arms.sum() > 1000 and body[arms].all(), "the arms stay in the body"
     assert not (body & outside_air(hu)).any()
     table = table_voxels(image)
     assert table.sum() >= 1000 and not (body & table).any()
     bones = [v for v, n in total_labels.items() if n.startswith(("vertebrae_", "rib_", "humerus", "costal"))]
-    assert dice(result.mask("skeleton"), np.isin(reference, bones)) >= 0.6  # measured 0.68; aorta calcified
+    assert dice(result.mask("skeleton"), np.isin(reference, bones)) >= 0.7  # 0.72 (0.68 when the aorta was bone)
     spacing_ml = np.prod(image.GetSpacing()) / 1000
     assert np.count_nonzero(result.mask("lung_left") | result.mask("lung_right")) * spacing_ml < 5  # no lung
     assert seconds < 10
@@ -234,7 +234,7 @@ def test_large_grid(sample_dir):
     back.CopyInformation(big)
     back = sitk.GetArrayFromImage(sitk.Resample(back, image, sitk.Transform(), sitk.sitkNearestNeighbor))
     for value, name in native.names.items():
-        if name != "airways":
+        if name not in ("airways", "blood_pool"):  # empty on this native CT
             assert dice(back == value, native.labels == value) >= (0.95 if name.startswith("lung") else 0.8), name
     assert dice(back > 0, native.labels > 0) >= 0.98
     assert seconds < 15  # about 1.2 s on 2 cores; see bench/presegment.py
@@ -441,5 +441,5 @@ def test_fov_padding_and_reversed_slices(sample):
     for other, labels in ((padded_image, lambda x: x), (reversed_image, lambda x: x[::-1])):
         got = labels(CTEngine().run(other).labels)
         for value, name in result.names.items():
-            if name != "airways":
+            if name not in ("airways", "blood_pool"):
                 assert dice(got == value, result.labels == value) > 0.99, name

@@ -52,6 +52,8 @@ def cmd_presegment(args) -> int:
         print(f"left empty (the engine does not produce them): {', '.join(summary['empty'])}")
     print(f"case uncertainty {summary['uncertainty']:.3f}; engine {summary['provenance']['engine']} "
           f"{summary['provenance']['version']}, {summary['provenance']['seconds']:.2f} s")  # fmt: skip
+    if contrast := summary["provenance"].get("notes", {}).get("contrast"):  # the CT engine reads the phase
+        print(f"contrast phase {contrast['phase']} (confidence {contrast['confidence']:.2f})")
     print(f"wrote {args.out}")
     return 0
 
