@@ -11,7 +11,7 @@ from MedAnnotAssistLib.core.image_cache import ImageCache
 from MedAnnotAssistLib.core.jobs import Heartbeat, Periodic, prefetch
 from MedAnnotAssistLib.core.lease import Lease
 from MedAnnotAssistLib.core.queue_client import QueueClient
-from MedAnnotAssistLib.core.queue_errors import ServerError, TlsError
+from MedAnnotAssistLib.core.queue_errors import LeaseLost, ServerError, TlsError
 
 from .doubles import TlsProxy, self_signed_certificate
 
@@ -116,3 +116,34 @@ def test_the_next_case_is_prefetched_into_the_cache(study, tiny_image_file, tmp_
     assert again.image == files.image and downloads == [upcoming["case_id"]]  # warm: no second download
     # both cases use the same image bytes: the current case is already there too
     assert a.fetch_case(pid, current["case_id"], cache).image == files.image and len(downloads) == 1
+
+
+def test_a_release_whose_answer_was_lost_is_not_reported_as_lost(study, proxy):
+    """The release reaches the server but its answer is dropped: the retry finds the lease gone (the first
+    attempt went through) and answers None; a release refused on its first attempt still raises LeaseLost."""
+    pid = study.project_id
+    client = QueueClient(proxy.url, study.a.token, ca_bundle=proxy.certificate, sleep=lambda s: None)
+    task = client.claim(pid)
+    proxy.drop_answers = 1
+    assert client.release(pid, task["id"], task["lease_id"]) is None
+    assert client.my_tasks(pid) == []
+    releases = [path for method, path in proxy.requests if path.endswith("/release")]
+    assert len(releases) == 2
+    task = client.claim(pid)
+    assert client.release(pid, task["id"], task["lease_id"])["state"] == "queued"
+    with pytest.raises(LeaseLost) as caught:
+        client.release(pid, task["id"], task["lease_id"])
+    assert caught.value.task_state == "queued" and caught.value.task_free is True
+
+
+def test_settings_and_cache_folders_follow_the_environment(monkeypatch, tmp_path):
+    from MedAnnotAssistLib.core.user_settings import cache_folder, settings_folder
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("MEDANNOT_CONFIG_DIR", raising=False)
+    assert settings_folder() == tmp_path / "xdg" / "medannotassist"
+    monkeypatch.setenv("MEDANNOT_CONFIG_DIR", str(tmp_path / "mine"))
+    assert settings_folder() == tmp_path / "mine" / "medannotassist"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEDANNOT_CACHE_DIR", raising=False)
+    assert cache_folder() == tmp_path / "cache" / "medannotassist"

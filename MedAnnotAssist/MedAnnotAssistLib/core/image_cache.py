@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .queue_errors import CorruptDownload
+from .user_settings import cache_folder
 
 DEFAULT_MAX_BYTES = 8 << 30
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -33,10 +34,13 @@ def suffix_of(name: str) -> str:
 
 
 class ImageCache:
-    def __init__(self, folder: Path, max_bytes: int = DEFAULT_MAX_BYTES):
+    """``folder``: default ``images/`` in the user's cache folder (``user_settings.cache_folder()``)."""
+
+    def __init__(self, folder: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES):
         if max_bytes <= 0:
             raise ValueError(f"image cache {folder}: max_bytes must be positive, got {max_bytes}")
-        self.folder, self.max_bytes = Path(folder), int(max_bytes)
+        self.folder = Path(folder) if folder is not None else cache_folder() / "images"
+        self.max_bytes = int(max_bytes)
         self.pinned: set[str] = set()
         self._temporary = self.folder / "tmp"
         self._temporary.mkdir(parents=True, exist_ok=True)

@@ -197,10 +197,11 @@ class QueueClient:
 
         def send():
             attempts.append(1)
-            return self._json("POST", path, json={"lease_id": lease_id}, retry=True, on_retry=attempts.append)
+            answer = self._send("POST", path, json={"lease_id": lease_id})
+            return answer.json()
 
         try:
-            return self._leased(project_id, task_id, send)
+            return self._leased(project_id, task_id, lambda: self._with_retries("POST", path, send, retry=True))
         except LeaseLost:
             if len(attempts) > 1:
                 return None
@@ -409,7 +410,7 @@ class QueueClient:
             error.project_id, error.task_id = int(project_id), int(task_id)
             raise
 
-    def _json(self, method: str, path: str, *, retry: bool = False, on_retry=None, **kw):
+    def _json(self, method: str, path: str, *, retry: bool = False, **kw):
         def call():
             answer = self._send(method, path, **kw)
             try:
@@ -422,9 +423,9 @@ class QueueClient:
                     url=answer.url,
                 ) from None
 
-        return self._with_retries(method, path, call, retry, on_retry)
+        return self._with_retries(method, path, call, retry)
 
-    def _with_retries(self, method: str, path: str, call: Callable, retry: bool, on_retry=None):
+    def _with_retries(self, method: str, path: str, call: Callable, retry: bool):
         attempts = 1 + (self.retries if retry else 0)
         for attempt in range(1, attempts + 1):
             try:
@@ -438,8 +439,6 @@ class QueueClient:
                 log.info(
                     "%s %s: %s; attempt %d of %d in %.1f s", method, path, error.message, attempt + 1, attempts, wait
                 )
-                if on_retry is not None:
-                    on_retry(attempt)
                 self._sleep(wait)
         raise AssertionError("unreachable")
 
