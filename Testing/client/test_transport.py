@@ -60,19 +60,19 @@ def test_busy_server_answers_are_retried_after_retry_after_on_idempotent_calls_o
 
 
 def test_the_heartbeat_job_keeps_a_short_lease_and_stops_when_it_is_lost(study):
-    """A 2 s lease heartbeated every 0.5 s outlives its length (another reader's claim does not take it);
+    """A 3 s lease heartbeated every 0.5 s outlives its length (another reader's claim does not take it);
     once the heartbeat stops and the lease expires, a claim takes it and the next beat finds it lost."""
     pid = study.project_id
     a = study.client(study.a)
-    task = a.claim(pid, lease_seconds=2)
-    lease = Lease(a, pid, task, lease_seconds=2, interval_s=0.5)
+    task = a.claim(pid, lease_seconds=3)
+    lease = Lease(a, pid, task, lease_seconds=3, interval_s=0.5)
     heartbeat = Heartbeat(lease).start()
-    time.sleep(3.5)
-    assert lease.beats >= 4 and lease.alive and heartbeat.last_error is None
+    time.sleep(4.5)
+    assert lease.beats >= 5 and lease.alive and heartbeat.last_error is None
     other = study.client(study.b).claim(pid)
     assert other["id"] != task["id"]  # still A's
     heartbeat.stop()
-    time.sleep(2.5)
+    time.sleep(3.5)
     third = study.admin.new_user(f"c-{pid}")
     study.admin.set_roles(pid, third.name, "annotator")
     assert study.client(third).claim(pid)["id"] == task["id"]  # expired: taken
@@ -147,3 +147,18 @@ def test_settings_and_cache_folders_follow_the_environment(monkeypatch, tmp_path
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("MEDANNOT_CACHE_DIR", raising=False)
     assert cache_folder() == tmp_path / "cache" / "medannotassist"
+
+
+def test_the_lease_countdown_uses_the_server_clock():
+    """The server's Date header sets the skew (whole seconds: under 2 s is no skew); a lease's seconds left
+    are counted on the server's clock, so a client whose clock is 10 minutes off shows the right countdown."""
+    from email.utils import formatdate
+
+    client = QueueClient("http://127.0.0.1:9", "t")
+    client._note_clock(formatdate(time.time() + 600, usegmt=True))
+    assert 599 <= client.clock_skew_s <= 601.5
+    expires = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 600 + 120)) + "Z"
+    lease = Lease(client, 1, {"id": 1, "case_id": 1, "lease_id": "l", "lease_expires_at": expires})
+    assert 117 <= lease.seconds_left() <= 121 and lease.interval_s == pytest.approx(lease.seconds_left() / 3, abs=1)
+    client._note_clock(formatdate(time.time() + 1, usegmt=True))
+    assert client.clock_skew_s == 0.0

@@ -203,7 +203,7 @@ class Outbox:
         if any(entry.user for entry in due) and client.user is None:
             try:
                 client.me()
-            except (Offline, AuthError, ServerError) as error:
+            except QueueError as error:  # offline, a refused token, a TLS setting: nothing can be sent now
                 report.stopped = error
                 return report
         for entry in due:

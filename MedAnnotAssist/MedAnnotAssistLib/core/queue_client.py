@@ -497,7 +497,10 @@ class QueueClient:
         self.offline, self.last_offline = not online, error
         if changed:
             for listener in list(self._listeners):
-                listener(online)
+                try:
+                    listener(online)
+                except Exception:  # a panel's listener must not break the call that noticed the change
+                    log.exception("connection listener %r failed", listener)
 
     def _note_clock(self, date: str | None) -> None:
         if date:
