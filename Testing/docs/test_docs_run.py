@@ -76,6 +76,13 @@ PROMISED = {
         "labelsTr/abdomen-2.nii.gz",
         "audit chain ok",
     ],
+    # the queue client: a refusal kept in the outbox, amended and delivered; offline detected, submission kept
+    "docs/queue-client.md": [
+        "failed protocol_rules_failed ['pancreas volumeMl', 'pancreas maxComponents']",
+        "delivered as submission 1 ; waiting: 0",
+        "Offline | http://127.0.0.1:9 does not answer (Connection refused)",
+        "offline: True | still waiting: 1",
+    ],
 }
 
 

@@ -34,8 +34,9 @@ def cmd_dicom_import(args) -> int:
 
 def default_key_file() -> Path:
     """Where ``medannot deid`` keeps the project key when none is given: the user's config folder."""
-    base = os.environ.get("MEDANNOT_CONFIG_DIR") or Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    return Path(base) / "medannotassist" / "deid-project.key"
+    from ..core.user_settings import settings_folder
+
+    return settings_folder() / "deid-project.key"
 
 
 def project_key(args) -> str:

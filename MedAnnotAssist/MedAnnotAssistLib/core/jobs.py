@@ -85,6 +85,83 @@ class JobRunner:
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
+class Periodic:
+    """``function()`` every ``interval_s`` seconds on its own daemon thread, from ``start()`` until ``stop()`` or
+    until it returns False. An exception does not end the loop (the next call may succeed: the network comes
+    back); the last one is kept in ``last_error``. ``interval_s`` may be a function giving the next wait."""
+
+    def __init__(self, name: str, function: Callable[[], object], interval_s, first_after_s: float | None = None):
+        self.name, self.function = name, function
+        self._interval = interval_s if callable(interval_s) else (lambda: float(interval_s))
+        self._first = first_after_s
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self.calls = 0
+        self.last_error: BaseException | None = None
+
+    def start(self) -> Periodic:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+        return self
+
+    def run_now(self) -> None:
+        """Call the function now instead of at the end of the current wait (the user pressed Retry)."""
+        self._wake.set()
+
+    def stop(self, wait: bool = True, timeout: float | None = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        wait = self._interval() if self._first is None else self._first
+        while not self._stop.is_set():
+            self._wake.wait(max(wait, 0.0))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                keep_going = self.function()
+                self.last_error = None
+            except Exception as error:  # kept for the panel; the loop goes on
+                keep_going, self.last_error = True, error
+            self.calls += 1
+            if keep_going is False:
+                break
+            wait = self._interval()
+
+
+class Heartbeat(Periodic):
+    """Keeps a lease alive: ``lease.beat()`` every ``lease.interval_s`` seconds until it returns False (the
+    lease was lost or released) or ``stop()`` (see ``core.lease.Lease``)."""
+
+    def __init__(self, lease, name: str = "heartbeat"):
+        super().__init__(name, lease.beat, lambda: lease.interval_s, first_after_s=lease.interval_s)
+        self.lease = lease
+
+
+_PREFETCH: list[ThreadPoolExecutor] = []
+_PREFETCH_LOCK = threading.Lock()
+
+
+def prefetch(name: str, function: Callable, *args, **kwargs) -> Job:
+    """Download ahead (the next task's image): ``function(*args, progress=, cancel=, **kwargs)`` on the one
+    prefetch worker thread, in order, apart from the panel's own jobs. Only a head start: its failure is kept
+    in the job (``job.exception()``) and the real load fetches again."""
+    with _PREFETCH_LOCK:
+        if not _PREFETCH:
+            _PREFETCH.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="medannot-prefetch"))
+    job = Job(name)
+    job.future = _PREFETCH[0].submit(function, *args, progress=job.report, cancel=job.cancelled, **kwargs)
+    return job
+
+
 def run_in_child_process(function: Callable, *args, **kwargs):
     """Run a picklable function in a fresh child process (for engines that hold the GIL or much memory)
     and return its result; its exceptions are raised here."""

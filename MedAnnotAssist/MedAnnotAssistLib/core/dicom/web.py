@@ -14,10 +14,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..http_session import reason, verified_session
 from ..jobs import CancelCallback, check_cancel
 from . import DicomError
 
@@ -44,15 +44,6 @@ STATUS_HINTS = {
     403: "the server refused access with these credentials or this token",
     406: "the server cannot send the requested media type or transfer syntax",
 }
-# text in a requests error -> what it means
-KNOWN_REASONS = {
-    "Connection refused": "Connection refused",
-    "Name or service not known": "unknown host name",
-    "certificate verify failed": "certificate verify failed",
-    "WRONG_VERSION_NUMBER": "the server does not speak TLS on this port",
-    "timed out": "timed out",
-}
-
 ProgressCallback = Callable[[float, str], None]  # progress(fraction, message), as in core/jobs.py
 
 
@@ -110,41 +101,10 @@ class DicomWebSource:
 
     def session(self):
         """A requests session carrying this source's authentication and TLS settings."""
-        session = _session_class()()
+        session = verified_session(self.ca_bundle, self.verify_tls, self.token)
         if self.user is not None:
             session.auth = (self.user, self.password)
-        elif self.token:
-            session.auth = _BearerAuth(self.token)  # an auth object, so that a ~/.netrc cannot replace it
-        session.verify = self.ca_bundle or self.verify_tls
         return session
-
-
-@cache
-def _session_class():
-    import requests
-
-    class Session(requests.Session):
-        """A session whose own CA bundle (or explicit no-verify) wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE,
-        which plain requests lets override ``session.verify`` (psf/requests#3829)."""
-
-        def merge_environment_settings(self, url, proxies, stream, verify, cert):
-            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-            if verify is None and self.verify is not True:
-                settings["verify"] = self.verify
-            return settings
-
-    return Session
-
-
-class _BearerAuth:
-    """requests auth that sends ``Authorization: Bearer <token>``."""
-
-    def __init__(self, token: str):
-        self.token = token
-
-    def __call__(self, request):
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        return request
 
 
 @dataclass(frozen=True)
@@ -409,24 +369,24 @@ class DicomWebClient:
         except DicomWebError:
             raise
         except requests.exceptions.SSLError as error:
-            reason = _reason(error)
-            if reason == "certificate verify failed":
+            gist = reason(error)
+            if gist == "certificate verify failed":
                 raise DicomWebError(
-                    f"{url}: {what}: the TLS certificate of {self.source.host} could not be verified ({reason}); "
+                    f"{url}: {what}: the TLS certificate of {self.source.host} could not be verified ({gist}); "
                     "give the CA bundle that signed it (ca_bundle) rather than turning verification off",
                     url,
                 ) from None
-            raise DicomWebError(f"{url}: {what}: TLS with {self.source.host} failed ({reason})", url) from None
+            raise DicomWebError(f"{url}: {what}: TLS with {self.source.host} failed ({gist})", url) from None
         except requests.exceptions.Timeout:
             wait = f"no answer within {self.source.timeout:g} s"
             raise DicomWebError(f"{url}: {what}: {wait} (is the server overloaded or the URL wrong?)", url) from None
         except requests.exceptions.ConnectionError as error:
-            refused = f"cannot connect to {self.source.host} ({_reason(error)})"
+            refused = f"cannot connect to {self.source.host} ({reason(error)})"
             raise DicomWebError(f"{url}: {what}: {refused}; is the server running and the URL right?", url) from None
         except requests.HTTPError as error:
             raise self._http_error(what, error.response) from None
         except requests.RequestException as error:  # a broken stream, too many redirects, ...
-            raise DicomWebError(f"{url}: {what} failed: {_reason(error)}", url) from None
+            raise DicomWebError(f"{url}: {what} failed: {reason(error)}", url) from None
         except (ValueError, KeyError, IndexError, InvalidDicomError) as error:
             invalid = f"the answer is not valid DICOM ({type(error).__name__}: {str(error)[:200]})"
             raise DicomWebError(f"{url}: {what}: {invalid}; {self._root_hint}", url) from None
@@ -510,15 +470,6 @@ def _integer(item: dict, tag: str) -> int | None:
 
 def _some(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _reason(error: Exception) -> str:
-    """The gist of a requests error (its text holds urllib3's whole chain), e.g. 'Connection refused'."""
-    text = str(error)
-    for known, gist in KNOWN_REASONS.items():
-        if known in text:
-            return gist
-    return text.rsplit("Caused by ", 1)[-1][:200]
 
 
 def _text_body(answer) -> str:
