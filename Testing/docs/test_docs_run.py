@@ -61,6 +61,11 @@ def _workspace(root: Path, cache: Path) -> tuple[Path, dict[str, str]]:
 
 # what some pages must print, beyond running: the outcome they promise
 PROMISED = {
+    # the task session on the sample CT: the states and the right lung's history it prints
+    "docs/architecture.md": [
+        "var/session/chest-1.seg.nrrd {'lung_left': 'accepted', 'lung_right': 'refined', 'nodule': 'absent'}",
+        "['proposed', 'edited', 'override', 'final']",
+    ],
     # the whole reading study: refusal and override, blinding, consensus job, return round, approvals, export, audit
     "docs/queue-api.md": [
         '{"code":"protocol_rules_failed","failures":["Pancreas: volume 17.4 ml, expected 20-200 ml"',

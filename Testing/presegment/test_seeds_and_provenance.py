@@ -118,7 +118,7 @@ def test_accept_reject_refine_and_ai_versus_final_on_a_real_lung(context, sample
 
     # The expert refines: erodes the lung by one voxel (6-connected). Expected numbers follow from the masks.
     eroded = ndimage.binary_erosion(lung)
-    segmentId = ps._segmentByStructureTag(node, "lung_left")
+    segmentId = ps.segmentByStructureTag(node, "lung_left")
     setSegmentMask(node, segmentId, eroded)
     refined = ps.aiVersusFinal(node)["lung_left"]
     removed = int(lung.sum() - eroded.sum())

@@ -10,7 +10,7 @@ full-size mask per structure.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -290,14 +290,19 @@ MAX_LABEL_FOR_BOXES = 65535
 
 def reader_crops(reader: ReaderLabels) -> dict[str, MaskCrop | None]:
     """Each structure's crop from a reader's label layers: one pass over each layer finds every box."""
+    return layer_crops(reader.layers, reader.segments)
+
+
+def layer_crops(layers: Sequence[np.ndarray], segments: Mapping[str, tuple[int, int]]) -> dict[str, MaskCrop | None]:
+    """Each structure's crop from label layers (``segments``: structure id -> (layer, label value))."""
     from scipy import ndimage
 
     by_layer: dict[int, list[tuple[str, int]]] = {}
-    for structure_id, (layer, value) in reader.segments.items():
+    for structure_id, (layer, value) in segments.items():
         by_layer.setdefault(layer, []).append((structure_id, value))
     crops: dict[str, MaskCrop | None] = {}
     for layer, wanted in by_layer.items():
-        labels = reader.layers[layer]
+        labels = layers[layer]
         values = [value for _, value in wanted]
         if min(values) < 1 or max(values) > MAX_LABEL_FOR_BOXES:
             crops.update((structure_id, MaskCrop.of(labels == value)) for structure_id, value in wanted)

@@ -8,6 +8,7 @@ mask: Dice, HD95, voxels added and removed. These numbers go into the submission
 
 from __future__ import annotations
 
+import hashlib
 import json
 from urllib.parse import quote, unquote
 
@@ -80,3 +81,11 @@ def ai_vs_final(proposal: np.ndarray, final: np.ndarray, spacing, state: str) ->
         "ai_volume_ml": round(int(np.count_nonzero(proposal)) * unit, 4),
         "final_volume_ml": round(int(np.count_nonzero(final)) * unit, 4),
     }
+
+
+def mask_sha256(mask: np.ndarray) -> str:
+    """A fingerprint of a mask on its grid (shape and voxels): equal fingerprints, equal masks."""
+    mask = np.asarray(mask, bool)
+    digest = hashlib.sha256(("x".join(map(str, mask.shape)) + ";").encode())
+    digest.update(np.packbits(mask, axis=None).tobytes())
+    return digest.hexdigest()

@@ -65,7 +65,7 @@ def prepareCase(
         if labelNames is None:
             raise ValueError(f"{labelsPath}: a labelmap needs a JSON map of label values to structure names")
         report(0.2, "reading the labels")
-        segmentation, dropped = _importProtocolLabels(context, labelsPath, labelNames, protocol, labelNamesFile)
+        segmentation, dropped = importProtocolLabels(context, labelsPath, labelNames, protocol, labelNamesFile)
         segmentation.SetName(f"{caseName} segmentation")
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     else:
@@ -83,7 +83,7 @@ def prepareCase(
     return PreparedCase(volumePath, segmentationPath, checkPath, applied, check, dropped)
 
 
-def _importProtocolLabels(context, labelsPath, labelNames, protocol: Protocol, labelNamesFile) -> tuple:
+def importProtocolLabels(context, labelsPath, labelNames, protocol: Protocol, labelNamesFile) -> tuple:
     """The labelmap's labels as one segment per protocol structure (named by its id), and what was dropped."""
     labelmap = loadVolume(context, labelsPath, labelmap=True)
     try:

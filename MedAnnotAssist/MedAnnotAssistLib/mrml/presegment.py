@@ -49,11 +49,11 @@ def applyEngineResult(
     if protocol is not None:
         applyProtocol(segmentationNode, protocol)
     structures = _structures(info, result, protocol)
-    proposal = _proposalNode(context, segmentationNode, volumeNode)
+    proposal = proposalNode(context, segmentationNode, volumeNode)
     bySegment = structureSegments(segmentationNode, protocol) if protocol is not None else {}
     segmentation = segmentationNode.GetSegmentation()
     for engineId, structure in structures.items():
-        segmentId = bySegment.get(structure.id) or _segmentByStructureTag(segmentationNode, structure.id)
+        segmentId = bySegment.get(structure.id) or segmentByStructureTag(segmentationNode, structure.id)
         if segmentId is None:
             segmentId = segmentation.AddEmptySegment(structure.id, structure.name, list(structure.color_rgb))
             segmentation.GetSegment(segmentId).SetTag(STRUCTURE_TAG, structure.id)
@@ -62,16 +62,13 @@ def applyEngineResult(
         tags = prov.provenance_tags(result.provenance, result.confidence.get(engineId))
         for key, value in tags.items():
             segmentation.GetSegment(segmentId).SetTag(key, value)
-        proposalId = _segmentByStructureTag(proposal, structure.id)
-        if proposalId is None:
-            proposalId = proposal.GetSegmentation().AddEmptySegment(structure.id, structure.name)
-            proposal.GetSegmentation().GetSegment(proposalId).SetTag(STRUCTURE_TAG, structure.id)
-        setSegmentMask(proposal, proposalId, mask)
+        setProposalMask(proposal, structure, mask)
     segmentationNode.SetAttribute("MedAnnotAssist.AI.Uncertainty", f"{result.uncertainty:.4f}")
     return segmentationNode
 
 
-def _proposalNode(context, segmentationNode, volumeNode):
+def proposalNode(context, segmentationNode, volumeNode):
+    """The hidden node holding the AI's proposal of ``segmentationNode`` (created on first use)."""
     node = segmentationNode.GetNodeReference(PROPOSAL_ROLE)
     if node is None:
         node = newSegmentation(context, volumeNode, f"{segmentationNode.GetName()} AI proposal")
@@ -82,7 +79,16 @@ def _proposalNode(context, segmentationNode, volumeNode):
     return node
 
 
-def _segmentByStructureTag(segmentationNode, structureId: str) -> str | None:
+def setProposalMask(proposal, structure: Structure, mask: np.ndarray) -> None:
+    """Record ``mask`` as the AI's proposal of ``structure`` in the proposal node."""
+    proposalId = segmentByStructureTag(proposal, structure.id)
+    if proposalId is None:
+        proposalId = proposal.GetSegmentation().AddEmptySegment(structure.id, structure.name)
+        proposal.GetSegmentation().GetSegment(proposalId).SetTag(STRUCTURE_TAG, structure.id)
+    setSegmentMask(proposal, proposalId, mask)
+
+
+def segmentByStructureTag(segmentationNode, structureId: str) -> str | None:
     segmentation = segmentationNode.GetSegmentation()
     for segmentId in segmentIds(segmentationNode):
         if getTag(segmentation.GetSegment(segmentId), STRUCTURE_TAG) == structureId:
@@ -91,7 +97,7 @@ def _segmentByStructureTag(segmentationNode, structureId: str) -> str | None:
 
 
 def _aiSegment(segmentationNode, structureId: str):
-    segmentId = _segmentByStructureTag(segmentationNode, structureId)
+    segmentId = segmentByStructureTag(segmentationNode, structureId)
     if segmentId is None:
         raise KeyError(f"no segment for structure '{structureId}'")
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
@@ -122,7 +128,7 @@ def markRefined(segmentationNode, structureId: str) -> None:
 
 
 def aiProvenance(segmentationNode, structureId: str) -> dict | None:
-    segmentId = _segmentByStructureTag(segmentationNode, structureId)
+    segmentId = segmentByStructureTag(segmentationNode, structureId)
     if segmentId is None:
         return None
     return prov.read_provenance(_tags(segmentationNode.GetSegmentation().GetSegment(segmentId)))
@@ -139,7 +145,7 @@ def aiVersusFinal(segmentationNode) -> dict[str, dict]:
     spacing = tuple(np.linalg.norm(np.asarray(ijk)[:3, :3], axis=0)[::-1])
     statistics = {}
     for structureId, proposalId in proposalIds.items():
-        segmentId = _segmentByStructureTag(segmentationNode, structureId)
+        segmentId = segmentByStructureTag(segmentationNode, structureId)
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentId else None
         final = segmentMasks(segmentationNode, [segmentId])[0][segmentId] if segment is not None else None
         if final is None or final.shape != proposalMasks[proposalId].shape:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import slicer
 
 from ..core.protocol import Protocol, Structure
-from ..core.protocol_check import ABSENT, COMPLETE, DRAFTED, PENDING, STATES, ProtocolCheck, check_masks
+from ..core.protocol_check import ABSENT, COMPLETE, DRAFTED, PENDING, STATES, ProtocolCheck, check_crops, layer_crops
 from ..core.structure_names import match_name
 from ..core.terminology import TERMINOLOGY_TAG, TerminologyStringError, from_slicer_string, to_slicer_string
-from .segmentation import getTag, segmentIds, segmentMasks
+from .segmentation import getTag, segmentIds, segmentLayers
 
 STRUCTURE_TAG = "MedAnnotAssist.StructureId"
 PROTOCOL_TAG = "MedAnnotAssist.Protocol"
@@ -187,14 +187,15 @@ def checkSegmentation(segmentationNode, protocol: Protocol, updateStatus: bool =
     With ``updateStatus`` each structure's status tag (and Slicer's segment status) is set from the result.
     """
     segments = structureSegments(segmentationNode, protocol)
-    masks, ijkToRas = segmentMasks(segmentationNode, list(segments.values()))
-    byStructure = {structureId: masks[segmentId] for structureId, segmentId in segments.items()}
+    layers, where, ijkToRas = segmentLayers(segmentationNode, list(segments.values()))
+    crops = layer_crops(layers, {structureId: where[segmentId] for structureId, segmentId in segments.items()})
+    shape = layers[0].shape if layers else (0, 0, 0)
     status = structureStatus(segmentationNode, protocol)
     absent = [structureId for structureId, state in status.items() if state == ABSENT]
     segmentation = segmentationNode.GetSegmentation()
     tagged = set(segments.values())
     extra = [segmentation.GetSegment(i).GetName() for i in segmentIds(segmentationNode) if i not in tagged]
-    result = check_masks(protocol, byStructure, ijkToRas, declared_absent=absent, extra_segments=extra)
+    result = check_crops(protocol, crops, shape, ijkToRas, declared_absent=absent, extra_segments=extra)
     if updateStatus:
         for check in result.structures:
             if check.structure_id in segments and not (check.state == PENDING and check.structure_id in absent):

@@ -94,26 +94,41 @@ def orientedImageIjkToRas(image) -> np.ndarray:
     return ijkToRas
 
 
-def segmentMasks(segmentationNode, ids: Iterable[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Boolean (k, j, i) masks of segments on the reference grid, and that grid's IJK-to-RAS matrix."""
+def segmentLayers(
+    segmentationNode, ids: Iterable[str] | None = None
+) -> tuple[list[np.ndarray], dict[str, tuple[int, int]], np.ndarray]:
+    """The label layers holding segments ``ids`` on the reference grid ((k, j, i) arrays, one per shared layer,
+    resampled once each), where each segment lives in them ((layer, label value)), and the grid's IJK-to-RAS."""
     reference = referenceGeometry(segmentationNode)
     segmentation = segmentationNode.GetSegmentation()
-    masks = {}
+    layers: list[np.ndarray] = []
+    where: dict[str, tuple[int, int]] = {}
+    position: dict[int, int] = {}  # Slicer's layer index -> position in ``layers``
     for segmentId in ids if ids is not None else segmentIds(segmentationNode):
         segment = segmentation.GetSegment(segmentId)
         if segment is None:
             raise KeyError(f"segmentation {segmentationNode.GetName()} has no segment '{segmentId}'")
-        layer = slicer.vtkOrientedImageData()
-        slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            segmentationNode, segmentId, layer, True
-        )
-        resampled = slicer.vtkOrientedImageData()
-        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            layer, reference, resampled, False, True
-        )
+        index = segmentation.GetLayerIndex(segmentId)
+        if index < 0 or index not in position:
+            layer = slicer.vtkOrientedImageData()
+            slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+                segmentationNode, segmentId, layer, True
+            )
+            resampled = slicer.vtkOrientedImageData()
+            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                layer, reference, resampled, False, True
+            )
+            position[index] = len(layers)
+            layers.append(imageDataToArray(resampled))  # the array holds the voxels' buffer alive
         # Segments share labelmap layers: a segment is the voxels holding its label value.
-        masks[segmentId] = imageDataToArray(resampled) == segment.GetLabelValue()
-    return masks, orientedImageIjkToRas(reference)
+        where[segmentId] = (position[index], segment.GetLabelValue())
+    return layers, where, orientedImageIjkToRas(reference)
+
+
+def segmentMasks(segmentationNode, ids: Iterable[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Boolean (k, j, i) masks of segments on the reference grid, and that grid's IJK-to-RAS matrix."""
+    layers, where, ijkToRas = segmentLayers(segmentationNode, ids)
+    return {segmentId: layers[layer] == value for segmentId, (layer, value) in where.items()}, ijkToRas
 
 
 def setSegmentMask(segmentationNode, segmentId: str, mask: np.ndarray) -> None:
