@@ -66,6 +66,7 @@ class StandIn:
         self.slotErrors: list[BaseException] = []
         self.qtWarnings: list[str] = []
         self._patch: pytest.MonkeyPatch | None = None
+        self._previousHandler = None
 
     @property
     def dialogs(self) -> dialogs.ModalDialogs:
@@ -96,8 +97,7 @@ class StandIn:
             patch.setattr(cls, "exec", _execDialog)
             patch.setattr(cls, "exec_", _execDialog, raising=False)
         patch.setattr(sys, "excepthook", self._onUncaught)
-        previous = QtCore.qInstallMessageHandler(self._onQtMessage)
-        self._previousHandler = previous
+        self._previousHandler = QtCore.qInstallMessageHandler(self._onQtMessage)
         return self
 
     def newScene(self):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from PySide6 import QtWidgets
+from PySide6 import QtCore, QtWidgets
 
 from . import dialogs, uiloader
 
@@ -62,6 +62,13 @@ class SlicerApplicationStandIn:
 
     def testingEnabled(self) -> bool:
         return False
+
+    def settings(self) -> QtCore.QSettings:
+        """Slicer's settings: a QSettings in the folder the test fixture chose (never the user's own)."""
+        return QtCore.QSettings()
+
+    def userSettings(self) -> QtCore.QSettings:
+        return QtCore.QSettings()
 
     def processEvents(self) -> None:
         self._qapp.processEvents()

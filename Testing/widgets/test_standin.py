@@ -165,3 +165,39 @@ def test_pictures_go_to_the_user_guide_only_when_asked(slicer_app, tmp_path, mon
         "docs-images/label.png",
         "run/label.png",
     ]
+
+
+def test_an_error_shown_by_try_with_error_display_is_recorded_and_still_raised(slicer_app):
+    """slicer.util.tryWithErrorDisplay is slicer-core's own: the message box is recorded, the error re-raised."""
+    import qt
+
+    def onApply():
+        with slicer.util.tryWithErrorDisplay("Could not apply the protocol.", waitCursor=True):
+            raise ValueError("no segmentation selected")
+
+    button = qt.QPushButton("Apply")
+    button.clicked.connect(onApply)
+    button.click()
+    [message] = slicer_app.app.takeMessages("error")
+    assert message.text == "Could not apply the protocol.\n\nno segmentation selected"
+    assert [type(e) for e in slicer_app.slotErrors] == [ValueError]
+    assert qt.QApplication.overrideCursor() is None  # the wait cursor is gone
+    slicer_app.slotErrors.clear()
+
+
+def test_settings_live_in_the_test_folder(slicer_app, tmp_path_factory):
+    settings = slicer.app.userSettings()
+    settings.setValue("MedAnnotAssist/serverUrl", "https://queue.example.org")
+    settings.sync()
+    assert "qt-settings" in settings.fileName() and str(tmp_path_factory.getbasetemp()) in settings.fileName()
+    assert slicer.app.settings().value("MedAnnotAssist/serverUrl") == "https://queue.example.org"
+
+
+def test_an_exception_in_a_vtk_observer_is_reported_to_the_test(slicer_app):
+    def onNodeAdded(caller, event):
+        raise KeyError("structure")
+
+    slicer.mrmlScene.AddObserver(slicer.mrmlScene.NodeAddedEvent, onNodeAdded)
+    slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    assert [type(e) for e in slicer_app.slotErrors] == [KeyError]
+    slicer_app.slotErrors.clear()
