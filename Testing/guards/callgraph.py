@@ -126,6 +126,7 @@ class CallGraph:
                 for base in self.bases(cls):
                     self.subclasses.setdefault(base.qualname, []).append(cls)
         self.jobParams: dict[str, set[str]] = {}
+        self._dataNames: set[str] | None = None
         self._solveJobParams()
 
     # -- index -------------------------------------------------------------------------------------------
@@ -488,14 +489,43 @@ class CallGraph:
                         stack.append(value)
                 continue
             if isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Load):
-                for method in self.referenced(node, function):
-                    edges.append(Edge(method, node.lineno, "reads" if method.isProperty() else "refers to"))
+                edges += self.referenceEdges(node, function)
             if isinstance(node, ast.Lambda):
                 stack.append(node.body)
                 continue
             stack.extend(ast.iter_child_nodes(node))
         outside = [e for e in edges if not (isinstance(e.target, Function) and e.target.module.name == JOBS)]
         return outside, handed
+
+    def referenceEdges(self, node: ast.AST, function: Function) -> list[Edge]:
+        """A method passed along (``button.clicked.connect(model.claim)``) may run later on this thread."""
+        found = [
+            Edge(m, node.lineno, "reads" if m.isProperty() else "refers to") for m in self.referenced(node, function)
+        ]
+        if found or not isinstance(node, ast.Attribute) or node.attr.startswith("__"):
+            return found
+        if node.attr in self.dataNames():  # e.g. ``item.consensus``: a field here, a QueueClient method there
+            return []
+        if self.dotted(node.value, function, function.module) is None and not self.typeOf(node.value, function):
+            return [Edge(m, node.lineno, "refers to (guessed by name)") for m in self.byName.get(node.attr, [])]
+        return []
+
+    def dataNames(self) -> set[str]:
+        """Attribute names some class of the package holds as data (fields, ``self.x = ...``)."""
+        if self._dataNames is None:
+            self._dataNames = set()
+            for module in self.modules.values():
+                for cls in module.classes.values():
+                    self._dataNames |= {
+                        i.target.id
+                        for i in cls.node.body
+                        if isinstance(i, ast.AnnAssign) and isinstance(i.target, ast.Name)
+                    }
+                    for method in cls.methods.values():
+                        for node in _walkShallow(method.node.body):
+                            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                                self._dataNames.add(node.attr)
+        return self._dataNames
 
     def referenced(self, node: ast.AST, function: Function) -> list[Function]:
         """The package functions a name or attribute (not called) stands for, when its receiver's type is known."""
