@@ -9,7 +9,8 @@ Slicer's PythonQt, CTK and qMRML widgets cannot be installed outside Slicer. Und
   functions that need the application (``slicer_app.py``), ``slicer.i18n``, ``slicer.ScriptedLoadableModule``
   and ``slicer.parameterNodeWrapper`` (``i18n.py``, ``scripted_module.py``, ``parameter_nodes.py``);
 - the module's real .ui files load through QUiLoader (``uiloader.py``); modal dialogs are answered from the
-  test's script (``dialogs.py``); PythonQt-only idioms that PySide6 would ignore raise (``idioms.py``).
+  test's script (``dialogs.py``); PythonQt-only idioms that PySide6 would ignore raise (``idioms.py``);
+  ``user.py`` clicks, chooses and presses shortcuts as a user; ``pictures.py`` saves PNGs of panels.
 
 Not covered: slice and 3D views, the Segment Editor's effects, Slicer's module manager and reloading,
 translations, and every PythonQt behaviour our code does not use. ``StandIn.install()`` changes this

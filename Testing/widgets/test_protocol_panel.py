@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-from PySide6 import QtCore, QtGui
-from PySide6.QtTest import QTest
+from PySide6 import QtGui
 
 from MedAnnotAssistLib.core.protocol import load_protocol
 from MedAnnotAssistLib.mrml.segmentation import setSegmentMask
 from MedAnnotAssistLib.mrml.volumes import loadVolume
 from Testing.conftest import MODULE_DIR
-from Testing.qtstandin import qmrml
+from Testing.qtstandin import qmrml, user
 from Testing.qtstandin.waiting import waitUntil
 
 PROTOCOLS = MODULE_DIR / "Resources" / "Protocols"
@@ -29,18 +28,8 @@ def table_rows(table) -> list[tuple[str, str]]:
     return [(table.item(r, NAME_COLUMN).text(), table.item(r, STATE_COLUMN).text()) for r in range(table.rowCount())]
 
 
-def choose_protocol(combo, protocol_id: str) -> None:
-    """The user picks a protocol in the combo box (activated, as a click in its list does)."""
-    index = next(i for i in range(combo.count()) if str(combo.itemData(i)).endswith(f"{protocol_id}.json"))
-    combo.setCurrentIndex(index)
-    combo.activated.emit(index)
-
-
-def click_cell(table, row: int, column: int, double: bool = False) -> None:
-    center = table.visualItemRect(table.item(row, column)).center()
-    QTest.mouseClick(table.viewport(), QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, center)
-    if double:  # a double click is a click, then a second press the system reports as a double click
-        QTest.mouseDClick(table.viewport(), QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, center)
+def protocol_index(combo, protocol_id: str) -> int:
+    return next(i for i in range(combo.count()) if str(combo.itemData(i)).endswith(f"{protocol_id}.json"))
 
 
 def has_colour(path, hex_colour: str) -> bool:
@@ -78,12 +67,12 @@ def test_apply_protocol_draw_and_mark_absent_on_the_sample_ct(
     editor = qmrml.qMRMLSegmentEditorWidget()  # the Segment Editor module's widget, as Slicer exposes it
     slicer.modules.SegmentEditorWidget = types.SimpleNamespace(editor=editor)
 
-    choose_protocol(ui.protocolComboBox, "abdominal-organs")
+    user.choose(ui.protocolComboBox, protocol_index(ui.protocolComboBox, "abdominal-organs"))
     assert "14 structures (6 required)" in ui.protocolInfoLabel.text()
     assert widget._parameterNode.protocolPath.endswith("abdominal-organs.json")
     assert ui.applyProtocolButton.isEnabled()
 
-    QTest.mouseClick(ui.applyProtocolButton, QtCore.Qt.LeftButton)
+    user.click(ui.applyProtocolButton)
     node = widget._parameterNode.segmentation
     assert node is not None and ui.segmentationSelector.currentNode().GetID() == node.GetID()
     assert table_rows(ui.structuresTable) == [(s.name, "Pending") for s in protocol.structures]
@@ -99,17 +88,17 @@ def test_apply_protocol_draw_and_mark_absent_on_the_sample_ct(
     assert ui.statusLabel.text().startswith("1/14 complete — not ready to submit:")
 
     # Clicking a row selects its segment in the Segment Editor; double-clicking opens the Segment Editor.
-    click_cell(ui.structuresTable, liver_row, NAME_COLUMN)
+    user.clickCell(ui.structuresTable, liver_row, NAME_COLUMN)
     assert editor.currentSegmentID() == segments["liver"]
     assert editor.segmentationNode() is node and editor.sourceVolumeNode() is sample_ct
     gallbladder_row = [s.id for s in protocol.structures].index("gallbladder")
-    click_cell(ui.structuresTable, gallbladder_row, NAME_COLUMN, double=True)
+    user.clickCell(ui.structuresTable, gallbladder_row, NAME_COLUMN, double=True)
     assert slicer_app.app.selectedModules == ["SegmentEditor"]
     assert editor.currentSegmentID() == segments["gallbladder"]
 
     # The gallbladder (optional) is declared absent with the row selected.
     ui.structuresTable.selectRow(gallbladder_row)
-    QTest.mouseClick(ui.markAbsentButton, QtCore.Qt.LeftButton)
+    user.click(ui.markAbsentButton)
     assert table_rows(ui.structuresTable)[gallbladder_row] == ("Gallbladder", "Absent")
     assert ui.statusLabel.text().startswith("2/14 complete — not ready to submit:")
     assert slicer_app.app.takeMessages() == []
@@ -124,16 +113,14 @@ def test_apply_protocol_draw_and_mark_absent_on_the_sample_ct(
 
 def test_a_broken_protocol_file_is_refused_with_its_problems_named(module_panel, slicer_app, tmp_path):
     ui = module_panel.widget.ui
-    choose_protocol(ui.protocolComboBox, "lung-nodule")
+    user.choose(ui.protocolComboBox, protocol_index(ui.protocolComboBox, "lung-nodule"))
     broken = json.loads((PROTOCOLS / "abdominal-organs.json").read_text())
     broken["structures"][0]["color"] = "liver-red"
     path = tmp_path / "broken-protocol.json"
     path.write_text(json.dumps(broken))
 
     slicer_app.dialogs.answer(str(path))  # what the user picks in the file dialog
-    last = ui.protocolComboBox.count() - 1
-    ui.protocolComboBox.setCurrentIndex(last)
-    ui.protocolComboBox.activated.emit(last)
+    user.choose(ui.protocolComboBox, ui.protocolComboBox.count() - 1)  # "Load from file..."
 
     assert slicer_app.dialogs.opened == [
         f"QFileDialog.getOpenFileName: Load annotation protocol [Protocols (*.json);;All files (*)] in '{PROTOCOLS}'"

@@ -9,7 +9,7 @@ import slicer
 from PySide6 import QtWidgets
 
 from Testing.conftest import MODULE_DIR
-from Testing.qtstandin import dialogs, pictures, uiloader
+from Testing.qtstandin import dialogs, pictures, uiloader, user
 from Testing.qtstandin.idioms import PythonQtIdiomError
 from Testing.qtstandin.waiting import waitUntil
 
@@ -201,3 +201,22 @@ def test_an_exception_in_a_vtk_observer_is_reported_to_the_test(slicer_app):
     slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     assert [type(e) for e in slicer_app.slotErrors] == [KeyError]
     slicer_app.slotErrors.clear()
+
+
+def test_user_actions_respect_the_widgets_state(slicer_app):
+    import qt
+
+    window = qt.QWidget()
+    button = qt.QPushButton("Submit", window)
+    pressed = []
+    button.clicked.connect(lambda: pressed.append("click"))
+    shortcut = qt.QShortcut(qt.QKeySequence("Ctrl+Return"), window)
+    shortcut.activated.connect(lambda: pressed.append("shortcut"))
+    window.show()
+    user.click(button)
+    user.pressShortcut(window, "Ctrl+Return")
+    button.setEnabled(False)
+    with pytest.raises(AssertionError, match="cannot be clicked"):
+        user.click(button)
+    assert pressed == ["click", "shortcut"]
+    window.close()
