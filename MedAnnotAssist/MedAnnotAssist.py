@@ -226,14 +226,13 @@ class MedAnnotAssistLogic(ScriptedLoadableModuleLogic):
             self._jobs = JobRunner()
         engine = get_engine(engineName, **engineOptions)
         image = imageFromVolume(volumeNode)  # voxels copied here, on the main thread
-        job = self._jobs.submit(f"{engineName}: {volumeNode.GetName()}", engine.run, image, structures)
-        job.engineInfo = engine.info()
-        return job
+        return self._jobs.submit(f"{engineName}: {volumeNode.GetName()}", runEngine, engine, image, structures)
 
     def finishPresegmentation(self, job, volumeNode, segmentationNode=None, protocol: "Protocol | None" = None):
         from MedAnnotAssistLib.mrml.presegment import applyEngineResult
 
-        return applyEngineResult(self.context(), volumeNode, job.engineInfo, job.result(), segmentationNode, protocol)
+        engineInfo, result = job.result()
+        return applyEngineResult(self.context(), volumeNode, engineInfo, result, segmentationNode, protocol)
 
     def reviewSession(self, protocol: "Protocol", readerNodes, imageNode=None):
         """Consensus of several readers' segmentation nodes: consensus node, disagreement map, metrics table."""
@@ -244,6 +243,11 @@ class MedAnnotAssistLogic(ScriptedLoadableModuleLogic):
             session.addReader(node)
         session.compute()
         return session
+
+
+def runEngine(engine, image, structures=None, progress=None, cancel=None):
+    """In a worker thread: the engine's description (a MONAI Label engine asks its server for it) and its result."""
+    return engine.info(), engine.run(image, structures, progress=progress, cancel=cancel)
 
 
 def protocolLabel(title: str, protocolId: str, version: str) -> str:

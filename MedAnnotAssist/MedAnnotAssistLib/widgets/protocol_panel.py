@@ -118,15 +118,17 @@ class ProtocolPanel(VTKObservationMixin):
         self._recheckTimer = qt.QTimer()
         self._recheckTimer.setSingleShot(True)
         self._recheckTimer.setInterval(RECHECK_DELAY_MS)
-        self._recheckTimer.connect("timeout()", lambda: self.refresh(interactive=False))
+        self._recheckTimer.timeout.connect(lambda: self.refresh(interactive=False))
+        self._statusText = ""
 
+        # New-style signals and setters only: the same code runs on Slicer's PythonQt and on PySide6 in tests.
         self.populateProtocols()
-        self.ui.protocolComboBox.connect("activated(int)", self.onProtocolActivated)
-        self.ui.applyProtocolButton.connect("clicked(bool)", self.onApplyProtocol)
-        self.ui.checkButton.connect("clicked(bool)", self.onCheck)
-        self.ui.markAbsentButton.connect("clicked(bool)", self.onMarkAbsent)
-        self.ui.structuresTable.connect("cellClicked(int,int)", lambda row, column: self.selectSegment(row, False))
-        self.ui.structuresTable.connect("cellDoubleClicked(int,int)", lambda row, column: self.selectSegment(row, True))
+        self.ui.protocolComboBox.activated.connect(self.onProtocolActivated)
+        self.ui.applyProtocolButton.clicked.connect(self.onApplyProtocol)
+        self.ui.checkButton.clicked.connect(self.onCheck)
+        self.ui.markAbsentButton.clicked.connect(self.onMarkAbsent)
+        self.ui.structuresTable.cellClicked.connect(lambda row, column: self.selectSegment(row, False))
+        self.ui.structuresTable.cellDoubleClicked.connect(lambda row, column: self.selectSegment(row, True))
 
     def cleanup(self) -> None:
         self._recheckTimer.stop()
@@ -175,23 +177,25 @@ class ProtocolPanel(VTKObservationMixin):
     def updateButtons(self) -> None:
         parameterNode = self._parameterNode
         hasTarget = bool(parameterNode and (parameterNode.inputVolume or parameterNode.segmentation))
-        self.ui.applyProtocolButton.enabled = self.protocol is not None and hasTarget
+        self.ui.applyProtocolButton.setEnabled(self.protocol is not None and hasTarget)
         hasSegments = self.protocol is not None and self.segmentationNode() is not None
-        self.ui.checkButton.enabled = self.ui.markAbsentButton.enabled = hasSegments
+        self.ui.checkButton.setEnabled(hasSegments)
+        self.ui.markAbsentButton.setEnabled(hasSegments)
 
     def populateProtocols(self) -> None:
         combo = self.ui.protocolComboBox
         combo.clear()
-        for label, path in self.logic.bundledProtocolChoices():
+        choices = self.logic.bundledProtocolChoices()
+        for label, path in choices:
             combo.addItem(label, path)
-        combo.insertSeparator(combo.count)
+        combo.insertSeparator(len(choices))
         combo.addItem(_("Load from file..."), LOAD_FROM_FILE)
         self._setComboIndex(-1)
 
     def _setComboIndex(self, index: int) -> None:
         combo = self.ui.protocolComboBox
         wasBlocked = combo.blockSignals(True)
-        combo.currentIndex = index
+        combo.setCurrentIndex(index)
         combo.blockSignals(wasBlocked)
         self._previousProtocolIndex = index
 
@@ -220,7 +224,7 @@ class ProtocolPanel(VTKObservationMixin):
             combo.insertItem(index, f"{protocol.title} ({protocol.id} v{protocol.version})", path)
         self._setComboIndex(index)
         self.protocol, self.protocolPath = protocol, path
-        self.ui.protocolInfoLabel.text = protocolInfoHtml(protocol)
+        self.ui.protocolInfoLabel.setText(protocolInfoHtml(protocol))
         if self._parameterNode is not None and self._parameterNode.protocolPath != path:
             self._parameterNode.protocolPath = path
         if refresh:
@@ -240,7 +244,7 @@ class ProtocolPanel(VTKObservationMixin):
                 slicer.util.errorDisplay(heading + "\n\n" + "\n".join(lines), windowTitle=_("Invalid protocol"))
             else:
                 logging.warning(f"{heading} {'; '.join(lines)}")
-                self.ui.protocolInfoLabel.text = html.escape(heading)
+                self.ui.protocolInfoLabel.setText(html.escape(heading))
             return None
 
     def onApplyProtocol(self) -> None:
@@ -255,7 +259,9 @@ class ProtocolPanel(VTKObservationMixin):
             parameterNode.segmentation = node
             self.refresh(interactive=True)
             if applied.extra:
-                self.ui.statusLabel.text += "\n" + applied.summary()
+                self.setStatus(
+                    self._statusText + "\n" + applied.summary(), self.lastCheck.ready if self.lastCheck else None
+                )
             self.updateButtons()
 
     def onCheck(self) -> None:
@@ -341,7 +347,8 @@ class ProtocolPanel(VTKObservationMixin):
         return result
 
     def setStatus(self, text: str, ready: bool | None) -> None:
-        self.ui.statusLabel.text = text
+        self._statusText = text  # kept here: reading a label's text differs between PythonQt and PySide6
+        self.ui.statusLabel.setText(text)
         color = {True: STATE_COLORS["complete"], False: "#c0392b"}.get(ready)
         self.ui.statusLabel.setStyleSheet(f"color: {color}" if color else "")
 
