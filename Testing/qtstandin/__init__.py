@@ -31,6 +31,9 @@ from PySide6 import QtCore, QtWidgets
 
 from . import ctk, dialogs, i18n, idioms, parameter_nodes, qmrml, slicer_app
 
+# the scripted module (imported by file name) and the widgets, which import qt: unloaded with the stand-in.
+# Matched by name, not by prefix: "MedAnnotAssist" is a prefix of every MedAnnotAssistLib module, and
+# unloading those would give later tests a second copy of every class (an EngineError not caught as one).
 MODULES_LOADED_UNDER_THE_STANDIN = ("MedAnnotAssist", "MedAnnotAssistLib.widgets")
 QT_WARNINGS_IGNORED = ("propagateSizeHints",)  # the offscreen platform says it cannot do this; harmless
 
@@ -151,7 +154,7 @@ class StandIn:
         if self._patch is not None:
             self._patch.undo()
         for name in list(sys.modules):
-            if name.startswith(MODULES_LOADED_UNDER_THE_STANDIN):
+            if any(name == loaded or name.startswith(loaded + ".") for loaded in MODULES_LOADED_UNDER_THE_STANDIN):
                 del sys.modules[name]
 
     # -- what goes wrong where a test cannot see it -------------------------------------------------------

@@ -220,3 +220,18 @@ def test_user_actions_respect_the_widgets_state(slicer_app):
         user.click(button)
     assert pressed == ["click", "shortcut"]
     window.close()
+
+
+def test_uninstalling_unloads_the_widgets_only(qt_app):
+    """The library the other tests import stays one copy: only the module and widgets/ are unloaded."""
+    import sys
+
+    from MedAnnotAssistLib.core.engines import base
+    from Testing.qtstandin import StandIn
+
+    other = StandIn(qt_app).install()
+    import MedAnnotAssistLib.widgets.protocol_panel  # noqa: F401  (loaded under the stand-in)
+
+    other.uninstall()
+    assert sys.modules["MedAnnotAssistLib.core.engines.base"] is base
+    assert "MedAnnotAssistLib.widgets.protocol_panel" not in sys.modules
