@@ -261,9 +261,10 @@ def _flat_index(k, j, i, factors, shape) -> np.ndarray:
     """(blocks, fk, fj, fi): the flat indices, in an array of ``shape``, of the original voxels of the working voxels
     (k, j, i)."""
     fk, fj, fi = factors
-    corner = ((k * fk) * shape[1] + j * fj) * shape[2] + i * fi
+    kind = np.int32 if np.prod(shape) < 2**31 else np.int64  # half the memory on any CT
+    corner = (((k * fk) * shape[1] + j * fj) * shape[2] + i * fi).astype(kind)
     offsets = (np.arange(fk)[:, None, None] * shape[1] + np.arange(fj)[None, :, None]) * shape[2] + np.arange(fi)
-    return corner[:, None, None, None] + offsets[None]
+    return corner[:, None, None, None] + offsets.astype(kind)[None]
 
 
 def has_label(bits, value):

@@ -88,7 +88,7 @@ class _InPlane:
 
     def __init__(self, index, shape):
         self.index, self.rows, self.columns = index, shape[1], shape[2]
-        self.y, self.x = (index // self.columns) % self.rows, index % self.columns
+        self.y, self.x = (index // self.columns) % self.rows, index % self.columns  # the dtype of ``index``
 
     def keep(self, which) -> None:
         self.index, self.y, self.x = self.index[which], self.y[which], self.x[which]
