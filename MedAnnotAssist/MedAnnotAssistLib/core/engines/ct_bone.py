@@ -12,14 +12,16 @@ On the working grid (ct_segmenter ``skeleton``):
 
 On the original voxels of the working voxels where bone meets another label (ct.py ``_refine``, ``bone_edges``):
 
-- cavities: a voxel inside the working grid's skeleton that is not bone, not air, and enclosed in its axial slice by
+- cavities: a voxel inside the working grid's skeleton that is not bone, not air, and enclosed in its slice by
   bone within ``CAVITY_MM`` in all eight in-plane directions is marrow: the fatty marrow of a rib (20-50 HU at 1 mm)
   inside its cortex;
-- edge at half maximum: a bone voxel on the outer layer (next to a non-bone voxel in its axial slice) stays bone
+- edge at half maximum: a bone voxel on the outer layer (next to a non-bone voxel in its slice) stays bone
   only if its HU is at least half-way from water (0 HU) to the brightest bone voxel within ``PEAK_VOXELS`` of it
   along the in-plane axes (the full-width-at-half-maximum rule of cortical edges on CT). A blurred edge puts the
   partial-volume voxels outside the cortex above a fixed threshold; a thin rib's dimmer cortex gets a lower
   threshold than the vertebra's. The threshold is never below ``bone_hu``.
+
+Slices here are the image's as stored (axial for almost every CT): both rules hold in any plane.
 """
 
 from __future__ import annotations
