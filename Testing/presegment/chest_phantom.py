@@ -47,7 +47,7 @@ def chest(phase="arterial", spacing=(1.5, 0.8, 0.8), noise=25.0, seed=0, marrow=
     """(hu int16, truth dict of masks, spacing); ``extent`` (z, y, x) in mm: more adds chest wall, spine and air
     beyond the heart (a whole chest's field of view, for the benchmark). Truth: blood (lumen and chambers), plaque,
     coronary_calcium, bone (vertebrae with their arches, ribs, sternum, humeri), myocardium, aorta, heart,
-    pulmonary, svc, vertebrae, ribs."""
+    pulmonary, svc, vertebrae, ribs, discs, canal."""
     levels = {"arterial": ARTERIAL, "portal-venous": VENOUS, "native": NATIVE}[phase]
     rng = np.random.default_rng(seed)
     shape = tuple(int(round(e / s)) for e, s in zip(extent, spacing, strict=True))
@@ -185,6 +185,8 @@ def chest(phase="arterial", spacing=(1.5, 0.8, 0.8), noise=25.0, seed=0, marrow=
         "heart": (left_heart | right_heart),
         "pulmonary": pulmonary,
         "svc": svc,
+        "discs": discs,
+        "canal": np.broadcast_to(canal <= 8.0**2, shape) & body_level,  # within the arches
     }
     truth = {k: np.broadcast_to(v, shape).copy() for k, v in truth.items()}
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16), truth, tuple(spacing)

@@ -22,10 +22,11 @@ Method (docs/presegmentation.md). The CT is block-averaged (``sitk.BinShrink``) 
 - contrast phase and blood pool (ct_phase, ct_vessels): blood cores (thick, homogeneous, not enclosed by
   brighter tissue) give the phase (native, arterial, portal-venous) with a confidence; the pool grows from them
   over the lumen's edge and along tubes (Hessian), never brighter than blood, never into marrow.
-- skeleton: cortex HU > ``bone_hu`` (no metal > ``metal_hu``) closed, its slice-wise holes filled; marrow
-  HU > ``marrow_hu`` where a 9 mm closing of the cortex encloses it in an axial or sagittal hole <= 25 cm2
-  (vertebral bodies of osteoporotic bone; not the whole thorax); components >= 0.1 ml; all outside the blood
-  pool, without the plaque and bright rims that lie on it, nor enhanced parenchyma (no voxel above 250 HU).
+- skeleton: cortex HU > ``bone_hu`` (no metal > ``metal_hu``) closed, with the slice-wise holes that are marrow
+  (small, or fatty; not the spinal canal); marrow HU > ``marrow_hu`` where a 9 mm closing of the cortex encloses it
+  in an axial or sagittal hole <= 25 cm2 (vertebral bodies of osteoporotic bone; not the whole thorax); without the
+  discs it holds (a darker layer between endplates); components >= 0.1 ml; all outside the blood pool, without the
+  plaque and bright rims that lie on it, nor enhanced parenchyma (no voxel above 250 HU) (ct_bone, ct_vessels).
 - subcutaneous_fat: fat (``fat_hu``) in the body outside the muscle wall, i.e. outside the slice-wise holes of
   the tissue (> fat_hu[1]) deeper than 5 mm under the skin, opened by 3 mm and closed by 10 mm; in slices
   where that wall is open (holes < 70 % of its convex hull) the torso's hull; smoothed along z (6 mm).
@@ -35,6 +36,8 @@ voxel with another label in its 26-neighbourhood is re-decided voxel by voxel on
 same thresholds, among those labels (marrow threshold where the interpolated skeleton covers the voxel; blood
 within its lumen's HU range, and next to blood bone only inside the interpolated skeleton); where bone meets
 blood, original skeleton voxels brighter than the lumen that do not connect to bone away from blood are plaque.
+Where bone meets another label, cavities enclosed by bone in the slice are marrow, and the outer layer keeps only
+the voxels at least half-way from water to the local cortex peak (full width at half maximum; ct_bone).
 
 Refusal (EngineError): not 3-D, not scalar, constant, or not HU-like. HU-like, on the working grid: 1st
 percentile <= -800 (air outside the body or in the lungs; padding below -1024 counts as air), >= 5 % of
@@ -59,12 +62,13 @@ from scipy import ndimage as ndi
 
 from ..jobs import check_cancel
 from .base import Engine, EngineError, EngineInfo, EngineResult, check_image, provenance
+from .ct_bone import bone_constants, bone_edges
 from .ct_grid import FineBlocks, from_lps, occupancy, orientation, to_lps
 from .ct_segmenter import Segmenter
 from .ct_structures import AIRWAY, BLOOD, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
 from .ct_vessels import contrast_constants
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 
 class CTEngine(Engine):
@@ -97,7 +101,7 @@ class CTEngine(Engine):
                  "max_airway_ml")  # fmt: skip
         parameters = {name: getattr(self, name) for name in names} | {"fat_hu": list(self.fat_hu)}
         parameters["near_hu"] = {STRUCTURES[k - 1].id: v for k, v in self.near_hu.items()}
-        return parameters | {"contrast": contrast_constants()}
+        return parameters | {"contrast": contrast_constants(), "bone": bone_constants()}
 
     def run(self, image, structures=None, prompts=None, progress=None, cancel=None) -> EngineResult:
         import SimpleITK as sitk
@@ -133,7 +137,8 @@ class CTEngine(Engine):
         if factors.max() > 1:
             report(0.85, "full-resolution boundaries")
             blood = (from_lps(seg.pool.low, order, flips), from_lps(seg.pool.high, order, flips))
-            labels = self._refine(sitk.GetArrayViewFromImage(image), labels, factors[::-1], lut, cancel, blood)
+            original = sitk.GetArrayViewFromImage(image)
+            labels = self._refine(original, labels, factors[::-1], lut, cancel, blood, spacing[::-1])
         else:
             labels = lut[labels]
         parameters = self.parameters() | {"working_factors_ijk": factors.tolist()}
@@ -142,7 +147,7 @@ class CTEngine(Engine):
         report(1.0, "done")
         return EngineResult(labels, names, confidence, uncertainty, result_provenance)
 
-    def _refine(self, original, labels, factors, lut, cancel, blood) -> np.ndarray:
+    def _refine(self, original, labels, factors, lut, cancel, blood, spacing) -> np.ndarray:
         """Nearest-neighbour upsampling, then a voxel-wise decision on the original HU in boundary blocks;
         ``lut`` maps internal labels to output values; ``blood``: (lowest, highest) HU of each pool voxel's lumen."""
         fk, fj, fi = (int(f) for f in factors)
@@ -166,6 +171,7 @@ class CTEngine(Engine):
             box = tuple(slice(max(0, int(w.min()) - 1), int(w.max()) + 2) for w in np.nonzero(labels == BLOOD))
             low[box], high[box] = (ndi.grey_dilation(limit[box], size=(3, 3, 3)) for limit in blood)
         k, j, i = np.nonzero(band)
+        cavities, skeleton = [], []  # flat indices of the original voxels for bone_edges
         for start in range(0, len(k), 40_000):  # bounded memory: 40k working voxels at a time
             kp, jp, ip = k[start : start + 40_000], j[start : start + 40_000], i[start : start + 40_000]
             hu = hu_view[kp, :, jp, :, ip, :]
@@ -176,8 +182,15 @@ class CTEngine(Engine):
             inside_bone[with_bone] = occupancy(bone, kp[with_bone], jp[with_bone], ip[with_bone], (fk, fj, fi)) >= 0.5
             lumen = low[kp, jp, ip][:, None, None, None], high[kp, jp, ip][:, None, None, None]
             blood_like = has_label(bits, BLOOD) & (hu >= lumen[0]) & (hu <= lumen[1])
-            view[kp, :, jp, :, ip, :] = lut[self._decide(hu, own, bits, inside_bone, blood_like)]
-        if lut[BONE] not in (0, lut[BODY]):
+            decided = self._decide(hu, own, bits, inside_bone, blood_like)
+            view[kp, :, jp, :, ip, :] = lut[decided]
+            if len(with_bone):
+                index = _flat_index(kp, jp, ip, (fk, fj, fi), out.shape)
+                cavities.append(index[inside_bone & (decided != BONE) & (decided != BLOOD) & (hu >= self.fat_hu[0])])
+                skeleton.append(index[decided == BONE])
+        if lut[BONE] not in (0, lut[BODY]) and skeleton:
+            cavities, skeleton = np.concatenate(cavities), np.concatenate(skeleton)
+            bone_edges(out, original, cavities, skeleton, spacing, lut[BONE], lut[BODY], self.bone_hu)
             _plaque_apart(out, original, labels, near, high, (fk, fj, fi), lut)
         return out
 
@@ -242,6 +255,16 @@ def _plaque_apart(out, original, labels, near, high, factors, lut) -> None:
         if loose.any():
             loose = ndi.binary_dilation(loose, cube, iterations=2, mask=skeleton & ~(bright & held[parts]))
             out[fine][loose] = lut[BODY]
+
+
+def _flat_index(k, j, i, factors, shape) -> np.ndarray:
+    """(blocks, fk, fj, fi): the flat indices, in an array of ``shape``, of the original voxels of the working voxels
+    (k, j, i)."""
+    fk, fj, fi = factors
+    kind = np.int32 if np.prod(shape) < 2**31 else np.int64  # half the memory on any CT
+    corner = (((k * fk) * shape[1] + j * fj) * shape[2] + i * fi).astype(kind)
+    offsets = (np.arange(fk)[:, None, None] * shape[1] + np.arange(fj)[None, :, None]) * shape[2] + np.arange(fi)
+    return corner[:, None, None, None] + offsets.astype(kind)[None]
 
 
 def has_label(bits, value):

@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 
 from ..jobs import check_cancel
 from .base import EngineError
+from .ct_bone import discs, fill_cavities
 from .ct_grid import CROSS, FLAT, component_sizes, convex_hull_slices, disk, fill_slices, padded
 from .ct_phase import detect_phase
 from .ct_structures import AIRWAY, BLOOD, BODY, BONE, FAT, LUNG_L, LUNG_R, STRUCTURES
@@ -241,16 +242,19 @@ class Segmenter:
 
     # -- skeleton and fat ---------------------------------------------------------------------------------
     def skeleton(self, body, pool) -> np.ndarray:
-        """Cortex (> bone_hu) closed; marrow (> marrow_hu) where a closing of 9 mm encloses it in an axial or
-        sagittal hole of at most 25 cm2 (vertebral bodies, not the thorax); metal and small bits dropped; all
-        outside the blood ``pool``; on a contrast CT without plaque near it and enhanced parenchyma (ct_vessels)."""
+        """Cortex (> bone_hu) closed, with its cavities of marrow (ct_bone); marrow (> marrow_hu) where a closing of
+        9 mm encloses it in an axial or sagittal hole of at most 25 cm2 (vertebral bodies, not the thorax); without
+        the discs (ct_bone), metal and small bits; all outside the blood ``pool``; on a contrast CT without plaque
+        near it and enhanced parenchyma (ct_vessels)."""
         hu, e, sp = self.hu, self.e, self.spacing
         metal = ndi.binary_dilation(hu > e.metal_hu, CROSS)
         cortex = padded(ndi.binary_closing, body & (hu > e.bone_hu) & ~metal & ~pool.mask, CROSS)
         small = int(2500.0 / (sp[1] * sp[2]))
         envelope = fill_slices(padded(ndi.binary_closing, cortex, disk(9.0, sp)), small)
         envelope = np.moveaxis(fill_slices(np.moveaxis(envelope, 2, 0), int(2500.0 / (sp[0] * sp[1]))), 0, 2)
-        bone = (fill_slices(cortex, small) | (envelope & (hu > e.marrow_hu))) & body & ~metal & ~pool.mask
+        bone = (fill_cavities(cortex, hu, sp, small, e.fat_hu[1]) | (envelope & (hu > e.marrow_hu))) & body
+        bone &= ~metal & ~pool.mask
+        bone &= ~discs(bone, hu, sp, e.bone_hu)
         components, _ = ndi.label(bone)
         keep = component_sizes(components) * self.voxel_ml >= 0.1
         keep[0] = False
