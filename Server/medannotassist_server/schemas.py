@@ -103,6 +103,10 @@ class HeartbeatRequest(LeaseRequest):
     lease_seconds: float | None = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
 
 
+class ReleaseRequest(LeaseRequest):
+    reason: str | None = Field(default=None, min_length=1, max_length=2000, description="why (a skip): audited")
+
+
 class RuleOverride(Body):
     """Why a segmentation that fails a blocking rule of the protocol is right for this image."""
 

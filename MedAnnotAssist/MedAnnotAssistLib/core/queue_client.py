@@ -189,15 +189,16 @@ class QueueClient:
         path = f"/projects/{int(project_id)}/tasks/{int(task_id)}/heartbeat"
         return self._leased(project_id, task_id, lambda: self._json("POST", path, json=body, retry=True))
 
-    def release(self, project_id: int, task_id: int, lease_id: str) -> dict | None:
-        """Give the task back to the queue; its view, or None when a retry found the lease already gone (the
-        first attempt went through)."""
+    def release(self, project_id: int, task_id: int, lease_id: str, reason: str | None = None) -> dict | None:
+        """Give the task back to the queue (``reason``: why the reader skips it, kept in the audit log); its view,
+        or None when a retry found the lease already gone (the first attempt went through)."""
         path = f"/projects/{int(project_id)}/tasks/{int(task_id)}/release"
+        body = {"lease_id": lease_id} | ({"reason": reason} if reason else {})
         attempts = []
 
         def send():
             attempts.append(1)
-            answer = self._send("POST", path, json={"lease_id": lease_id})
+            answer = self._send("POST", path, json=body)
             return answer.json()
 
         try:
