@@ -108,3 +108,20 @@ def study(queue, protocol, sample_dir, ai_liver, tmp_path):
     made = make_study(queue, protocol, sample_dir, ai_liver, tmp_path)
     yield made
     made.close()
+
+
+def open_case(desk: Workstation):
+    """Claim the next task and wait until its case is in the desk's scene; the session."""
+    assert desk.task.next_task(), desk.task.message
+    desk.wait_until(lambda: desk.task.session is not None, TIMEOUT_S)
+    return desk.task.session
+
+
+def make_ready(desk: Workstation, reason: str = "kept as it is for this test") -> None:
+    """Answer the required question and give a reason for every blocking rule, so Submit is on."""
+    assert desk.questions.answer("lung_rads", "1")
+    desk.protocol.check_now()
+    for row in desk.protocol.state.rows:
+        for rule in row.blocking:
+            assert desk.protocol.override(row.structure_id, rule.rule, reason)
+    desk.wait_until(lambda: desk.task.state.actions["submit"].enabled, TIMEOUT_S)

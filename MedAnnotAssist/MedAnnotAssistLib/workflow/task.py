@@ -43,6 +43,7 @@ from .task_state import (
     SYNC_JOB,
     TaskState,
     build_state,
+    lease_row,
     task_actions,
 )
 
@@ -347,7 +348,8 @@ class TaskModel(Model):
             return
         if entry.state == FAILED:
             self.current.lease.lost = self.current.lease.lost or _lost_from(entry)
-            self._fail(f"{name}: the lease was lost; your work is kept in the outbox: Claim again to send it")
+            self._announce_lost(f"{name}: the lease was lost; your work is kept in the outbox: Claim again to send it")
+            self.refresh()
             return
         words = f"submission {entry.response['submission_id']}" if entry.state == DELIVERED else "in the outbox"
         self._close_task(f"{name}: submitted ({words})")
@@ -486,13 +488,18 @@ class TaskModel(Model):
         def work(progress, cancel):
             if outbox.pending_count(client.url):
                 outbox.deliver(client, force=force)
-            elif client.offline or force:
-                client.health()
+            else:
+                client.health()  # the offline indicator follows the server even when nothing waits
             return outbox_counts(client, outbox)
 
         self._next_sync = self.clock() + self.settings.sync_interval_s
         began = self._outbox_changes
-        self.background.start(SYNC_JOB, work, lambda counts: self._synced(began, counts), lambda e: self.refresh())
+        self.background.start(SYNC_JOB, work, lambda counts: self._synced(began, counts), self._sync_failed)
+
+    def _sync_failed(self, error) -> None:
+        if not isinstance(error, Offline):  # offline is the indicator's; anything else is worth saying
+            self.tell(f"outbox: {error_text(error)}", error=True)
+        self.refresh()
 
     def _synced(self, began: int, counts) -> None:
         if began == self._outbox_changes:
@@ -524,16 +531,19 @@ class TaskModel(Model):
         if self.session is not None:
             self.session.touch(structure_id)
 
+    def _announce_lost(self, text: str) -> None:
+        current = self.current
+        current.lost_seen = True
+        self.tell(text, error=True)
+        self.emit("lease_lost", task_state=current.lease.lost.task_state, case_id=current.task["case_id"])
+
     # ---- the pump --------------------------------------------------------------------------------------
 
     def poll(self) -> bool:
         """Follow the lease and the outbox; announce changes. Call it often (the pump calls it)."""
         current = self.current
         if current is not None and current.lease.lost is not None and not current.lost_seen:
-            current.lost_seen = True
-            lost = current.lease.lost
-            self.tell(f"case {current.case['name']}: {self._lease_row().text}", error=True)
-            self.emit("lease_lost", task_state=lost.task_state, case_id=current.task["case_id"])
+            self._announce_lost(f"case {current.case['name']}: {lease_row(self).text}")
         outbox_busy = any(self.background.running(name) for name in (SYNC_JOB, SUBMIT_JOB, CALL_JOB))
         if self.connection == CONNECTED and not outbox_busy and self.clock() >= self._next_sync:
             self._start_sync(force=self._next_sync == 0.0)
