@@ -75,9 +75,15 @@ class AIModel(Model):
             self.background.cancel(ENGINE_JOB)  # its result belongs to the case that closed
         self.session, self.confirm, self.last_run = session, "", ""
         if session is not None:
-            self._unsubscribe = session.subscribe(lambda event, key: self.bind(None) if event == "closed" else None)
+            self._unsubscribe = session.subscribe(self._on_session)
             self.chosen = set(self._targets())
         self.refresh()
+
+    def _on_session(self, event: str, key) -> None:
+        if event == "closed":
+            self.bind(None)
+        elif event == "state":
+            self.refresh()  # which targets hold the reader's work
 
     # ---- the state ---------------------------------------------------------------------------------------
 
@@ -152,6 +158,7 @@ class AIModel(Model):
         if not known[name]["usable"]:
             return self._told(f"engine {name}: {known[name]['detail']}")
         self.engine_name, self.engine, self.info, self.confirm = name, None, None, ""
+        self.tell("")
         options = self.engine_options.get(name, {})
 
         def work(progress, cancel):

@@ -162,7 +162,7 @@ class ReviewModel(Model):
         self.show_disagreement(slices=True, volume=True)
         self.stage = READY
         self.tell(f"case {case['name']}: {len(submissions)} reader(s), consensus round {consensus.get('round')}")
-        self._check_final()
+        self.check_final()
         self.emit("loaded")
         self.refresh()
 
@@ -174,10 +174,17 @@ class ReviewModel(Model):
         order = [s["reader"] for s in sorted(self.submissions, key=lambda s: s["id"])]
         return f"Reader {order.index(name) + 1}" if name in order else name
 
+    def _anonymized(self, text: str) -> str:
+        """The server's words with reader names as the view shows them (anonymous: "Reader 2")."""
+        if self.anonymous_readers:
+            for name in sorted({s["reader"] for s in self.submissions}, key=len, reverse=True):
+                text = text.replace(name, self._label(name))
+        return text
+
     def _build(self) -> ReviewState:
         readers = tuple(
             ReaderRow(
-                s["reader"],
+                self._label(s["reader"]),  # anonymous: the name never reaches the view
                 self._label(s["reader"]),
                 s["reader"] in self.visible,
                 s["id"],
@@ -249,11 +256,11 @@ class ReviewModel(Model):
             structure.name,
             structure.color,
             agreement.get("verdict", "not computed"),
-            agreement.get("reason", ""),
+            self._anonymized(agreement.get("reason", "")),
             _mean(p.get("dice") for p in pairs),
             _mean(p.get("hd95_mm") for p in pairs),
             kind,
-            reader,
+            self._label(reader) if reader else None,
             text,
             failures,
             next((r for r in reasons if r), None),
@@ -264,9 +271,17 @@ class ReviewModel(Model):
 
     # ---- looking --------------------------------------------------------------------------------------------
 
-    def show_reader(self, name: str, visible: bool = True) -> bool:
+    def _reader(self, shown: str) -> str | None:
+        """A reader's name from what the view shows (the name, or the label when anonymous)."""
+        names = {self._label(s["reader"]): s["reader"] for s in self.submissions}
+        if not self.anonymous_readers:
+            names |= {s["reader"]: s["reader"] for s in self.submissions}
+        return names.get(shown)
+
+    def show_reader(self, shown: str, visible: bool = True) -> bool:
+        name = self._reader(shown)
         if self.review is None or name not in self.review.readerNames:
-            return self._told(f"show: {name!r} is not a reader of this case")
+            return self._told(f"show: {shown!r} is not a reader of this case")
         self.review.setReaderVisible(name, visible)
         (self.visible.add if visible else self.visible.discard)(name)
         self.refresh()
@@ -302,11 +317,11 @@ class ReviewModel(Model):
 
     def take_reader(self, structure_id: str, reader: str) -> bool:
         """The final takes ``reader``'s mask of this structure (the reader's name, or its shown label)."""
-        names = {self._label(s["reader"]): s["reader"] for s in self.submissions}
-        names |= {s["reader"]: s["reader"] for s in self.submissions}
-        if reader not in names:
-            return self._told(f"take: {reader!r} is not a reader of this case ({', '.join(names)})")
-        return self._decide(structure_id, READER, names[reader])
+        name = self._reader(reader)
+        if name is None:
+            shown = ", ".join(self._label(s["reader"]) for s in self.submissions)
+            return self._told(f"take: {reader!r} is not a reader of this case ({shown})")
+        return self._decide(structure_id, READER, name)
 
     def edit(self, structure_id: str) -> bool:
         """Edit this structure for the final, starting from the consensus (event ``selected``: the Segment
@@ -329,7 +344,7 @@ class ReviewModel(Model):
         if structure_id not in {s.id for s in self.protocol.structures}:
             return self._told(f"decide: '{structure_id}' is not a structure of {self.protocol.label}")
         self.decisions[structure_id] = (kind, reader)
-        self._check_final()
+        self.check_final()
         self.refresh()
         return True
 
@@ -360,8 +375,10 @@ class ReviewModel(Model):
             return None
         return saveSegmentation(self.review.editedCopy(), self.work_dir / f"case-{self.case['id']}" / "edited.seg.nrrd")
 
-    def _check_final(self) -> None:
-        """Run the protocol's rules on the final the decisions make (as the server composes it), in a job."""
+    def check_final(self) -> None:
+        """Run the protocol's rules on the final the decisions make (as the server composes it), in a job: after
+        each decision, and when the reviewer stops editing (the view calls it; Approve is checked again by the
+        server, whose refusal lists the failures the same way)."""
         if self.stage != READY or self.task is None:
             return
         if self.background.running(CHECK_JOB):
@@ -395,7 +412,7 @@ class ReviewModel(Model):
             self.failures = failures
             if self._check_again:
                 self._check_again = False
-                self._check_final()
+                self.check_final()
             self.refresh()
 
         self.background.start(CHECK_JOB, work, done, lambda e: self._told(f"checking the final: {error_text(e)}"))
@@ -431,14 +448,13 @@ class ReviewModel(Model):
         action = self._build().actions["return"]
         if not action.enabled:
             return self._told(f"return: {action.reason}")
-        names = {self._label(s["reader"]): s["reader"] for s in self.submissions}
-        names |= {s["reader"]: s["reader"] for s in self.submissions}
-        unknown = [r for r in comments if r not in names]
+        unknown = [r for r in comments if self._reader(r) is None]
         if unknown or not comments:
-            return self._told(f"return: choose readers of this case ({', '.join(sorted(set(names.values())))})")
+            shown = ", ".join(self._label(s["reader"]) for s in self.submissions)
+            return self._told(f"return: choose readers of this case ({shown})")
         if any(not isinstance(c, str) or not c.strip() for c in comments.values()):
             return self._told("return: each reader needs a comment saying what to change")
-        returns = [{"reader": names[r], "comment": c.strip()} for r, c in comments.items()]
+        returns = [{"reader": self._reader(r), "comment": c.strip()} for r, c in comments.items()]
         client, pid, task = self.client, self.project_id, self.task
 
         def work(progress, cancel):
@@ -450,7 +466,8 @@ class ReviewModel(Model):
 
     def _decided(self, decision: str, answer: dict) -> None:
         self.stage = DECIDED
-        words = "approved" if decision == "approve" else f"returned to {', '.join(answer.get('returned_to', []))}"
+        returned = ", ".join(self._label(name) for name in answer.get("returned_to", []))
+        words = "approved" if decision == "approve" else f"returned to {returned}"
         self.tell(f"case {self.case['name']}: {words}")
         self.emit("decided", decision=decision, answer=answer)
         self.refresh()
