@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.dicom.web import DicomWebSource
 from ..core.image_cache import ImageCache
 from ..core.jobs import Heartbeat
 from ..core.lease import Lease
@@ -31,6 +32,7 @@ from ..core.queue_client import QueueClient
 from ..core.queue_errors import AuthError, Offline, QueueError, TlsError, error_from_answer
 from ..mrml.task_session import TaskSession
 from .background import Background
+from .case_files import fetch_task
 from .events import Action, Model
 from .settings import WorkstationSettings
 from .task_state import (
@@ -110,6 +112,7 @@ class TaskModel(Model):
         self.protocol: Protocol | None = None
         self.current: CurrentTask | None = None
         self.gate: Callable[[], Action] | None = None  # the protocol and questions models' Submit gate
+        self.dicomweb_sources: dict[str, DicomWebSource] = {}  # where cases known by a DICOMweb reference live
         self.pending = 0
         self.failed: list[OutboxEntry] = []
         self._next_sync = 0.0
@@ -143,6 +146,11 @@ class TaskModel(Model):
     def _fail(self, text: str) -> None:
         self.tell(text, error=True)
         self.refresh()
+
+    def add_dicomweb_source(self, source: DicomWebSource) -> None:
+        """A DICOMweb server (with its credentials, kept like the token) whose series the project's cases refer
+        to: their images are retrieved from it (WADO-RS) and they export back to it."""
+        self.dicomweb_sources[source.url] = source
 
     # ---- connecting and the project ------------------------------------------------------------------
 
@@ -244,25 +252,16 @@ class TaskModel(Model):
         if self._refuse("next_task"):
             return False
         client, cache, project_id = self.client, self.cache, self.project["id"]
-        kind, seconds = self.settings.task_kind, self.settings.lease_seconds
+        kind, seconds, sources = self.settings.task_kind, self.settings.lease_seconds, dict(self.dicomweb_sources)
 
         def work(progress, cancel):
             task = client.next_task(project_id, kind, seconds)
-            return None if task is None else self._fetch(client, cache, project_id, task, progress, cancel)
+            return None if task is None else fetch_task(client, cache, project_id, task, sources, progress, cancel)
 
         self.background.start(CASE_JOB, work, self._claimed, lambda e: self._fail(error_text(e)))
         self.tell("claiming the next task")
         self.refresh()
         return True
-
-    @staticmethod
-    def _fetch(client, cache, project_id, task, progress, cancel):
-        """In a job: the task's case view and, for an annotate task, its files in the image cache."""
-        case = client.case(project_id, task["case_id"])
-        if task["kind"] != "annotate":
-            return task, case, None
-        cache.pinned = {s for s in (case.get("image_sha256"), case.get("ai_segmentation")) if s}
-        return task, case, client.fetch_case(project_id, case, cache, progress=progress, cancel=cancel)
 
     def _claimed(self, claimed) -> None:
         if claimed is None:
@@ -272,7 +271,9 @@ class TaskModel(Model):
         task, case, files = claimed
         lease = Lease(self.client, self.project["id"], task, self.settings.lease_seconds)
         self.current = CurrentTask(task, lease, Heartbeat(lease).start(), case)
-        if files is None:
+        if isinstance(files, Exception):
+            self._fail(f"{case['name']} could not be loaded: {error_text(files)}; release or skip it")
+        elif files is None:
             self.tell(f"review of case {case['name']}")
             self.emit("review_task", task=dict(task), lease=lease, case=case)
         else:
@@ -321,7 +322,11 @@ class TaskModel(Model):
             self._fail("submit: " + "; ".join(check.messages()))
             return False
         folder = self.work_dir / f"task-{current.task['id']}"
-        path, metadata = session.pack(folder)
+        try:
+            path, metadata = session.pack(folder)
+        except (OSError, ValueError) as error:  # a full disk, a segment Slicer cannot write
+            self._fail(f"submit: the case could not be packed: {error}")
+            return False
         client, outbox, project_id, task = self.client, self.outbox, self.project["id"], dict(current.task)
 
         def work(progress, cancel):
@@ -373,13 +378,15 @@ class TaskModel(Model):
 
     def _give_back(self, reason: str | None) -> bool:
         client, cache, project_id, lease = self.client, self.cache, self.project["id"], self.current.lease
-        kind, seconds = self.settings.task_kind, self.settings.lease_seconds
+        kind, seconds, sources = self.settings.task_kind, self.settings.lease_seconds, dict(self.dicomweb_sources)
 
         def work(progress, cancel):
             following = None
             if reason is not None:
                 task = client.claim(project_id, kind, seconds)
-                following = None if task is None else self._fetch(client, cache, project_id, task, progress, cancel)
+                following = (
+                    None if task is None else fetch_task(client, cache, project_id, task, sources, progress, cancel)
+                )
             client.release(project_id, lease.task_id, lease.lease_id, reason=reason)
             lease.released = True
             return following
