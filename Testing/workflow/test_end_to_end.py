@@ -141,6 +141,12 @@ def test_a_reading_study_through_the_panels(study, sample_dir, threads, tmp_path
     assert state.disagreement_in_slices and state.disagreement_in_3d and state.consensus_visible
     scene_nodes = review.review
     assert scene_nodes.disagreementNode.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeWarm1"
+    rendering = desk.context.volumeRenderingLogic
+    for node in (scene_nodes.disagreementNode, scene_nodes.imageNode):  # the map over the CT, in 3D
+        assert rendering.GetFirstVolumeRenderingDisplayNode(node).GetVisibility()
+    assert rendering.GetFirstVolumeRenderingDisplayNode(scene_nodes.imageNode).GetVolumePropertyNode().GetName() == (
+        "CT-Lung"
+    )  # the lung-nodule protocol's preset
     assert review.show_reader(study.b.name, True) and review.state.readers[0].visible != review.state.readers[1].visible
     assert review.show_reader(study.b.name, False) and not any(r.visible for r in review.state.readers)
 

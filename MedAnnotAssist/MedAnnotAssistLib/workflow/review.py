@@ -48,6 +48,7 @@ from .review_state import (
 from .task import error_text
 
 LOAD_JOB, CHECK_JOB, DECIDE_JOB, WAIT_JOB = "review files", "final check", "decision", "consensus wait"
+CT_CONTEXT_PRESET = "CT-Soft-Tissue"  # when the protocol names no volume rendering preset
 
 
 def _mean(values) -> float | None:
@@ -304,6 +305,9 @@ class ReviewModel(Model):
         self.in_slices = bool(slices)
         try:
             setupVolumeRendering(self.context, review.disagreementNode, visible=volume)
+            if review.imageNode is not None:  # the CT in context, with the protocol's preset
+                preset = self.protocol.volume_rendering or CT_CONTEXT_PRESET
+                setupVolumeRendering(self.context, review.imageNode, preset=preset, visible=volume)
             self.in_3d = bool(volume)
         except (RuntimeError, ValueError) as error:  # no volume rendering here: the slices still show it
             self.tell(f"volume rendering: {error}", error=True)
