@@ -236,4 +236,6 @@ class AIModel(Model):
         return False
 
     def poll(self) -> bool:
-        return self.refresh()
+        """Hand finished jobs over (on this thread) and announce changes: the model's own pump."""
+        handed = self.background.poll()
+        return self.refresh() or bool(handed)

@@ -200,4 +200,6 @@ class ExportModel(Model):
         return self.background.cancel(EXPORT_JOB)
 
     def poll(self) -> bool:
-        return self.refresh()
+        """Hand finished jobs over (on this thread) and announce changes: the model's own pump."""
+        handed = self.background.poll()
+        return self.refresh() or bool(handed)

@@ -495,6 +495,8 @@ class ReviewModel(Model):
     # ---- the pump -------------------------------------------------------------------------------------------
 
     def poll(self) -> bool:
+        """Hand finished jobs over, ask whether a waited-for consensus is done, announce changes."""
+        self.background.poll()
         if self.stage == WAITING and not self.background.running(WAIT_JOB) and self.clock() >= self._next_wait:
             client, pid, case_id = self.client, self.project_id, self.case["id"]
             self._next_wait = self.clock() + self.poll_s

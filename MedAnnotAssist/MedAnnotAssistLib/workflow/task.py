@@ -547,7 +547,9 @@ class TaskModel(Model):
     # ---- the pump --------------------------------------------------------------------------------------
 
     def poll(self) -> bool:
-        """Follow the lease and the outbox; announce changes. Call it often (the pump calls it)."""
+        """Hand finished jobs over (on this thread), follow the lease and the outbox, announce changes. The
+        front-end calls it often (``Workstation.poll`` does it for every model)."""
+        self.background.poll()
         current = self.current
         if current is not None and current.lease.lost is not None and not current.lost_seen:
             self._announce_lost(f"case {current.case['name']}: {lease_row(self).text}")
