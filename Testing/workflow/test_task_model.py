@@ -202,6 +202,8 @@ def test_the_token_never_shows(study, caplog, tmp_path):
         cache=ImageCache(tmp_path / "cache"),
     )
     seen += _events(refused)
+    assert not refused.task.connect(wrong, server_url="queue.example.org")
+    assert refused.task.message.startswith("queue server URL: expected its address like https://")
     assert refused.task.connect(wrong)
     refused.wait_until(lambda: refused.task.state.connection == "disconnected", TIMEOUT_S)
     assert refused.task.state.message.startswith("the server refused the token")

@@ -9,7 +9,8 @@ reader sees nothing of the others' work until approval: the ``blinded`` stage). 
 check and the decision run in ``Background`` jobs; the scene is built in ``poll()``.
 
 Events besides ``changed``: ``selected`` (``segmentation_node_id``, ``segment_id``: the view selects that
-segment for editing), ``decided`` (``decision``: approve or return, ``answer``: the server's).
+segment for editing), ``decided`` (``decision``: approve or return, ``answer``: the server's), ``loaded`` (the
+case is in the scene), ``closed`` (it left the scene).
 """
 
 from __future__ import annotations
@@ -512,9 +513,12 @@ class ReviewModel(Model):
         return self.refresh()
 
     def close(self) -> None:
-        """Leave the case: its nodes leave the scene."""
-        if self.review is not None:
+        """Leave the case: its nodes leave the scene (event ``closed``)."""
+        was_open = self.review is not None
+        if was_open:
             showInSliceViews(self.context.scene, None, 0.0)
             self.review.close()
         self._reset()
+        if was_open:
+            self.emit("closed")
         self.refresh()

@@ -103,6 +103,7 @@ class Workstation:
             if session is None:
                 self.export.set_case(None, None)
                 return
+            self.review.close()  # a reviewed case leaves the scene when the next case opens
             self.export.set_case(session.segmentationNode, session.protocol, session.name, "your segmentation")
             self.export.set_dicom_source(session.imagePath if session.imagePath.is_dir() else None)
         elif event.name == "project":
@@ -113,7 +114,9 @@ class Workstation:
             self.review.begin(task.client, task.project["id"], task.protocol, event["task"], event["case"])
 
     def _on_review(self, event: Event) -> None:
-        if event.name == "decided":
+        if event.name == "closed" and self.task.session is None:
+            self.export.set_case(None, None)
+        elif event.name == "decided":
             self.task.finish(self.review.message)
         elif event.name == "loaded":
             review = self.review
