@@ -76,7 +76,8 @@ def test_a_lease_lost_while_working_goes_on_under_a_new_claim(study):
 
 def test_a_submission_refused_for_a_lost_lease_is_kept_and_sent_with_a_new_claim(study):
     """A submits without noticing the loss: the server refuses it (lease_lost); it stays in the outbox with its
-    file and the case stays open; Claim again retargets it at the case's free task and it is delivered once."""
+    file and the case stays open; A edits once more; Claim again takes the case's free task and submits the
+    case as it is now (the edit included), once."""
     desk, session = _short_lease(study, study.a)
     task = desk.task
     make_ready(desk)
@@ -88,13 +89,44 @@ def test_a_submission_refused_for_a_lost_lease_is_kept_and_sent_with_a_new_claim
     assert "your work is kept in the outbox: Claim again to send it" in task.message
     assert task.outbox.get(kept.id).file.is_file() and _submissions(study) == []
 
+    edited = ndimage.binary_erosion(session.mask("liver"))
+    session.setMask("liver", edited)  # an edit after the refusal: the new submission holds it
+    make_ready(desk)
     assert task.claim_again()
     desk.wait_until(lambda: task.current is None, TIMEOUT_S)
-    assert "submitted with a new claim (submission" in task.message
+    assert "submitted (submission" in task.message
     assert task.state.outbox.failed == () and task.state.outbox.pending == 0
+    assert task.outbox.get(kept.id) is None  # the refused copy went: the scene's work was sent instead
     [(reader, task_id)] = _submissions(study)
     assert reader == study.a.name and task_id != kept.task_id
     assert not task.state.actions["claim_again"].enabled
+    admin = study.admin
+    [item] = admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}/submissions"))
+    assert [e["event"] for e in item["metadata"]["segments"]["liver"]["history"]] == ["proposed", "edited", "final"]
+
+
+@pytest.mark.slow
+def test_a_refused_submission_from_an_earlier_sitting_is_sent_with_a_new_claim(study, tmp_path):
+    """The application closed with a submission refused for a lost lease: the next sitting lists it (the
+    outbox resumes at sign-in) and Claim again sends the kept file with a new claim of its case."""
+    desk, _ = _short_lease(study, study.a)
+    make_ready(desk)
+    outbox = desk.task.outbox
+    assert desk.task.submit()
+    desk.wait_until(lambda: desk.task.state.outbox.failed, TIMEOUT_S)
+    desk.close()  # the case leaves the scene; the outbox keeps the refused submission
+
+    later = study.desk(study.a, outbox=Outbox(outbox.folder, backoff_s=0.2))
+    task = later.task
+    later.wait_until(lambda: task.state.outbox.failed, TIMEOUT_S)
+    [kept] = task.state.outbox.failed
+    assert kept.lease_lost and task.current is None and task.state.actions["claim_again"].enabled
+    assert not task.claim_again(kept.id + 100) and "no submission" in task.message
+    assert task.claim_again(kept.id)
+    later.wait_until(lambda: not task.state.outbox.failed, TIMEOUT_S)
+    assert task.message.startswith(f"case {study.case_id}: submitted with a new claim (submission")
+    [(reader, task_id)] = _submissions(study)
+    assert reader == study.a.name and task_id != kept.task_id
 
 
 def test_offline_indicator_and_the_outbox_across_an_outage(start_queue, protocol, sample_dir, ai_liver, tmp_path):

@@ -419,21 +419,30 @@ class TaskModel(Model):
     # ---- a lost lease, the outbox -----------------------------------------------------------------------
 
     def claim_again(self, entry_id: int | None = None) -> bool:
-        """After a lost lease: claim a free task of the same case. The kept submission (``entry_id``, else the
-        open case's) is then sent with the new claim; an open case without one goes on under the new lease."""
+        """After a lost lease: claim a free task of the same case. With the case open, it goes on under the new
+        lease, and a submission the server refused for the lost lease is made again from the scene (edits made
+        since included). Without it, the submission kept in the outbox (``entry_id``, else the oldest) is sent
+        with the new claim."""
         if self._refuse("claim_again"):
             return False
-        entry = next((e for e in self.failed if e.id == entry_id), None) if entry_id else None
-        if entry is None and self.current is not None:
-            entry = next((e for e in self.failed if e.case_id == self.current.task["case_id"]), None)
-        if entry is None and entry_id is None and self.current is None:
-            entry = next((e for e in self.failed if e.error_code == "lease_lost"), None)
-        case_id = entry.case_id if entry else self.current.task["case_id"]
+        kept = [e for e in self.failed if e.error_code == "lease_lost"]
+        entry = None
+        if entry_id is not None:
+            entry = next((e for e in kept if e.id == entry_id), None)
+            if entry is None:
+                self._fail(f"claim again: no submission {entry_id} refused for a lost lease in the outbox")
+                return False
+        open_case = self.session is not None and (entry is None or entry.case_id == self.current.task["case_id"])
+        if open_case:
+            entry = None
+        elif entry is None:
+            entry = kept[0] if kept else None
+        case_id = self.current.task["case_id"] if open_case or entry is None else entry.case_id
         client, outbox, project_id = self.client, self.outbox, self.project["id"]
-        kind = self.current.kind if self.current else "annotate"
+        kind, seconds = (self.current.kind if self.current else "annotate"), self.settings.lease_seconds
 
         def work(progress, cancel):
-            task = client.claim_again(project_id, case_id, kind, self.settings.lease_seconds)
+            task = client.claim_again(project_id, case_id, kind, seconds)
             if task is None or entry is None:
                 return task, None, outbox_counts(client, outbox)
             sent = outbox.send(client, outbox.retarget(entry.id, task).id)
@@ -450,23 +459,27 @@ class TaskModel(Model):
         if task is None:
             self._fail(f"no task of case {case_id} is free for you now; your work is kept (try again later)")
             return
-        here = self.current is not None and self.current.task["case_id"] == case_id
-        if entry is None:  # the open case goes on under the new lease
-            old = self.current
-            old.heartbeat.stop(wait=False)
+        current = self.current
+        if entry is None and current is not None and current.task["case_id"] == case_id:
+            current.heartbeat.stop(wait=False)
             lease = Lease(self.client, self.project["id"], task, self.settings.lease_seconds)
-            old.task, old.lease, old.heartbeat, old.lost_seen = dict(task), lease, Heartbeat(lease).start(), False
-            if old.session is not None:
-                old.session.task_info.update(task_id=task["id"])
-            self.tell(f"case {old.case['name']}: claimed again (task {task['id']}); go on working")
+            current.task, current.lease, current.lost_seen = dict(task), lease, False
+            current.heartbeat = Heartbeat(lease).start()
+            if current.session is not None:
+                current.session.task_info.update(task_id=task["id"])
+            refused = [e for e in self.failed if e.error_code == "lease_lost" and e.case_id == case_id]
+            self.tell(f"case {current.case['name']}: claimed again (task {task['id']}); go on working")
+            if refused and self.submit():  # the reader had pressed Submit: again, from the scene as it is now
+                for old in refused:
+                    self.outbox.discard(old.id)
+                self.failed = [e for e in self.failed if e not in refused]
+        elif entry is None:
+            self.tell(f"case {case_id}: claimed again (task {task['id']})")
         elif entry.state == FAILED:
             self._fail(f"case {case_id}: the submission with the new claim was refused: {error_text_of(entry)}")
         else:
             words = f"submission {entry.response['submission_id']}" if entry.state == DELIVERED else "in the outbox"
-            if here:
-                self._close_task(f"case {case_id}: submitted with a new claim ({words})")
-            else:
-                self.tell(f"case {case_id}: submitted with a new claim ({words})")
+            self.tell(f"case {case_id}: submitted with a new claim ({words})")
             self.emit("submitted", entry=entry)
         self.refresh()
 
