@@ -61,6 +61,10 @@ def test_blinded_anonymous_return_and_an_edited_final(study, tmp_path):
     assert [(r.name, r.label) for r in state.readers] == [("Reader 1", "Reader 1"), ("Reader 2", "Reader 2")]
     shown = repr(state)
     assert study.a.name not in shown and study.b.name not in shown
+    names = [reviewer.context.scene.GetNthNode(i).GetName() for i in range(reviewer.context.scene.GetNumberOfNodes())]
+    assert "Reader 2" in names and not [n for n in names if study.a.name in n or study.b.name in n]
+    assert review.show_reader("Reader 2") and review.state.readers[1].visible
+    assert not review.show_reader(study.b.name) and "is not a reader of this case" in review.message
     assert review.take_reader("liver", "Reader 2") and review.state.row("liver").decision_text == "Reader 2"
     assert review.decision()["structures"] == {"liver": {"action": "take_reader", "reader": study.b.name}}
     assert not review.take_reader("liver", study.a.name + "x") and "is not a reader of this case" in review.message

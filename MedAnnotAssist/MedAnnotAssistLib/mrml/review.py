@@ -102,6 +102,7 @@ class ReviewSession:
         self.disagreementNode = None
         self.metricsTableNode = None
         self.editedNode = None
+        self.finalNode = None
         self._before = nodeIds(context.scene)  # what ``close`` leaves
 
     def addReader(self, segmentationNode, name: str | None = None):
@@ -175,6 +176,16 @@ class ReviewSession:
             _disagreementDisplay(self.disagreementNode)
         return self.consensusNode
 
+    def loadFinal(self, path: str | Path):
+        """The approved final segmentation (``.seg.nrrd``), shown instead of the consensus."""
+        self.finalNode = loadSegmentation(self.context, path, name="Final")
+        applyProtocol(self.finalNode, self.protocol)
+        if self.imageNode is not None:
+            self.finalNode.SetReferenceImageGeometryParameterFromVolumeNode(self.imageNode)
+        if self.consensusNode is not None:
+            self.consensusNode.GetDisplayNode().SetVisibility(False)
+        return self.finalNode
+
     def setReaderVisible(self, name: str, visible: bool) -> None:
         """Show or hide one reader's segmentation in the views (readers start hidden)."""
         node = self.readerNodes[self.readerNames.index(name)]
@@ -197,7 +208,7 @@ class ReviewSession:
         """Remove every node added since this review began (readers, consensus, edits, map, table)."""
         removeNodes(self.context.scene, sorted(nodeIds(self.context.scene) - self._before))
         self.readerNodes, self.readerNames = [], []
-        self.consensusNode = self.disagreementNode = self.metricsTableNode = self.editedNode = None
+        self.consensusNode = self.disagreementNode = self.metricsTableNode = self.editedNode = self.finalNode = None
 
     def _metricsTable(self) -> None:
         if self.metricsTableNode is None:

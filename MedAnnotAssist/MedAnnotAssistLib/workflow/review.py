@@ -122,7 +122,10 @@ class ReviewModel(Model):
             case = client.case(project_id, case_id)
             ids = set(consensus.get("submission_ids") or [])
             submissions = [s for s in client.submissions(project_id, case_id) if not ids or s["id"] in ids]
-            files = {"image": client.fetch_case(project_id, case, cache, ai=False, cancel=cancel).image}
+            image = client.fetch_case(
+                project_id, case, cache, ai=False, progress=lambda f, m: progress(f / 4, m), cancel=cancel
+            )
+            files = {"image": image.image}
             for index, item in enumerate(submissions):
                 progress(index / (len(submissions) + 2), f"reader {index + 1} of {len(submissions)}")
                 target = folder / f"submission-{item['id']}.seg.nrrd"
@@ -152,15 +155,14 @@ class ReviewModel(Model):
     def _loaded(self, answer) -> None:
         case, consensus, submissions, files = answer
         self.case, self.consensus, self.submissions, self.files = case, consensus, submissions, files
-        image = loadVolume(self.context, files["image"], name=case["name"])
-        review = ReviewSession(self.context, self.protocol, imageNode=image)
-        review._before.discard(image.GetID())  # the image goes with the review
-        for item in submissions:
-            review.addReaderFile(files[item["id"]], name=item["reader"])
+        review = ReviewSession(self.context, self.protocol)
+        review.imageNode = loadVolume(self.context, files["image"], name=case["name"])  # it leaves with the review
+        for item in submissions:  # named as the view shows them: anonymous readers stay so in the scene too
+            review.addReaderFile(files[item["id"]], name=self._label(item["reader"]))
         review.loadResult(files["consensus"], files["disagreement"])
         self.review = review
         if "final" in files:
-            self.final_node = review.addReaderFile(files["final"], name="Final")
+            self.final_node = review.loadFinal(files["final"])
         self.show_disagreement(slices=True, volume=True)
         self.stage = READY
         self.tell(f"case {case['name']}: {len(submissions)} reader(s), consensus round {consensus.get('round')}")
@@ -282,9 +284,9 @@ class ReviewModel(Model):
 
     def show_reader(self, shown: str, visible: bool = True) -> bool:
         name = self._reader(shown)
-        if self.review is None or name not in self.review.readerNames:
+        if self.review is None or name is None or self._label(name) not in self.review.readerNames:
             return self._told(f"show: {shown!r} is not a reader of this case")
-        self.review.setReaderVisible(name, visible)
+        self.review.setReaderVisible(self._label(name), visible)
         (self.visible.add if visible else self.visible.discard)(name)
         self.refresh()
         return True
