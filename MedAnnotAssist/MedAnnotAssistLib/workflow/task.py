@@ -28,7 +28,7 @@ from ..core.jobs import Heartbeat
 from ..core.lease import Lease
 from ..core.outbox import DELIVERED, FAILED, Outbox, OutboxEntry
 from ..core.protocol import Protocol, validate_protocol_data
-from ..core.queue_client import QueueClient
+from ..core.queue_client import QueueClient, check_settings
 from ..core.queue_errors import AuthError, Offline, QueueError, TlsError, error_from_answer
 from ..mrml.task_session import TaskSession
 from .background import Background
@@ -156,29 +156,36 @@ class TaskModel(Model):
 
     def connect(self, token: str, server_url: str | None = None, ca_bundle: str | None = None) -> bool:
         """Sign in with ``token`` (kept only inside the client's session: never in the state, the settings or
-        a log); then the user's projects are listed, and the last project chosen is chosen again."""
+        a log); then the user's projects are listed, and the last project chosen is chosen again. What the user
+        typed is checked here; the client is made and asked in a job."""
         if self._refuse("connect"):
             return False
         url = server_url if server_url is not None else self.settings.server_url
         bundle = ca_bundle if ca_bundle is not None else self.settings.ca_bundle
+        options = dict(self.client_options)
         try:
-            client = QueueClient(url, token, ca_bundle=bundle, **self.client_options)
+            root = check_settings(url, token, bundle, options.get("allow_http", False))
         except ValueError as error:
             self._fail(str(error))
             return False
-        self.client, self.connection = client, CONNECTING
-        self.settings.server_url, self.settings.ca_bundle = client.url, bundle
+        self.connection = CONNECTING
+        self.settings.server_url, self.settings.ca_bundle = root, bundle
 
         def work(progress, cancel):
-            return client.me(), client.projects()
+            client = QueueClient(root, token, ca_bundle=bundle, **options)
+            try:
+                return client, client.me(), client.projects()
+            except Exception:
+                client.close()
+                raise
 
         self.background.start("connect", work, self._connected, self._connect_failed)
-        self.tell(f"connecting to {client.url}")
+        self.tell(f"connecting to {root}")
         self.refresh()
         return True
 
     def _connected(self, answer) -> None:
-        me, projects = answer
+        self.client, me, projects = answer
         roles = {p["id"]: p.get("roles", []) for p in me.get("projects", [])}
         self.projects = [{"id": p["id"], "name": p["name"], "roles": roles.get(p["id"], [])} for p in projects]
         self.connection, self.settings.user = CONNECTED, me["name"]
@@ -193,16 +200,13 @@ class TaskModel(Model):
 
     def _connect_failed(self, error) -> None:
         self.connection = DISCONNECTED
-        if self.client is not None:
-            self.client.close()
-        self.client = None
         self._fail(error_text(error))
 
     def disconnect(self) -> bool:
         if self._refuse("disconnect"):
             return False
-        if self.client is not None:
-            self.client.close()
+        client = self.client
+        self.background.start("disconnect", lambda progress, cancel: client.close())
         self.client, self.connection, self.projects, self.project, self.protocol = None, DISCONNECTED, [], None, None
         self.tell("disconnected")
         self.refresh()
@@ -579,8 +583,7 @@ class TaskModel(Model):
             current.heartbeat.stop(wait=False)
             if current.session is not None:
                 current.session.close()
-        if self.client is not None:
-            self.client.close()
+        self.client = None  # its connections close with it; the outbox keeps what was not sent
 
 
 def _lost_from(entry: OutboxEntry):
