@@ -46,7 +46,7 @@ from .review_state import (
     ReaderRow,
     ReviewState,
 )
-from .task import error_text
+from .task_state import error_text
 
 LOAD_JOB, CHECK_JOB, DECIDE_JOB, WAIT_JOB = "review files", "final check", "decision", "consensus wait"
 CT_CONTEXT_PRESET = "CT-Soft-Tissue"  # when the protocol names no volume rendering preset

@@ -29,7 +29,7 @@ from ..core.lease import Lease
 from ..core.outbox import DELIVERED, FAILED, Outbox, OutboxEntry
 from ..core.protocol import Protocol, validate_protocol_data
 from ..core.queue_client import QueueClient, check_settings
-from ..core.queue_errors import AuthError, Offline, QueueError, TlsError, error_from_answer
+from ..core.queue_errors import Offline
 from ..mrml.task_session import TaskSession
 from .background import Background
 from .case_files import fetch_task
@@ -45,7 +45,11 @@ from .task_state import (
     SYNC_JOB,
     TaskState,
     build_state,
+    error_text,
+    error_text_of,
     lease_row,
+    lost_from,
+    outbox_counts,
     task_actions,
 )
 
@@ -66,19 +70,6 @@ class CurrentTask:
     @property
     def kind(self) -> str:
         return self.task["kind"]
-
-
-def error_text(error: BaseException) -> str:
-    """What the panel says about a failed call: the server's words, plus what to do for the usual ones."""
-    if isinstance(error, AuthError):
-        return f"the server refused the token ({error.message}): ask for a new one"
-    if isinstance(error, TlsError):
-        return error.message
-    if isinstance(error, Offline):
-        return f"{error.message}; your work is kept and sent when the server answers"
-    if isinstance(error, QueueError):
-        return error.message
-    return f"{type(error).__name__}: {error}"
 
 
 class TaskModel(Model):
@@ -356,7 +347,7 @@ class TaskModel(Model):
             self._fail(f"the server refused {name}: {failures}")
             return
         if entry.state == FAILED:
-            self.current.lease.lost = self.current.lease.lost or _lost_from(entry)
+            self.current.lease.lost = self.current.lease.lost or lost_from(entry)
             self._announce_lost(f"{name}: the lease was lost; your work is kept in the outbox: Claim again to send it")
             self.refresh()
             return
@@ -584,20 +575,3 @@ class TaskModel(Model):
             if current.session is not None:
                 current.session.close()
         self.client = None  # its connections close with it; the outbox keeps what was not sent
-
-
-def _lost_from(entry: OutboxEntry):
-    """The ``LeaseLost`` an outbox entry was refused with (what the lease would have found)."""
-    error = error_from_answer(409, dict(entry.error or {}), "")
-    error.case_id, error.task_id = entry.case_id, entry.task_id
-    return error
-
-
-def outbox_counts(client, outbox: Outbox) -> tuple[int, list[OutboxEntry]]:
-    """In a job: how many submissions wait for this server, and the refused ones of this user."""
-    failed = [e for e in outbox.entries(FAILED, client.url) if e.user in (None, client.user)]
-    return outbox.pending_count(client.url), failed
-
-
-def error_text_of(entry: OutboxEntry) -> str:
-    return (entry.error or {}).get("message") or entry.state

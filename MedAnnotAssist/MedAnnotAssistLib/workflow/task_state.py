@@ -1,11 +1,14 @@
 """What the task panel shows, as plain frozen values (see ``task.TaskModel``): the connection, the project,
-the task and its lease countdown, the case's active time, the outbox, and each button with why it is off."""
+the task and its lease countdown, the case's active time, the outbox, and each button with why it is off;
+and what the panel says about the server's errors and the outbox's refused submissions."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..core.outbox import FAILED, Outbox, OutboxEntry
+from ..core.queue_errors import AuthError, Offline, QueueError, TlsError, error_from_answer
 from .events import Action, first_off, on
 
 DISCONNECTED, CONNECTING, CONNECTED = "disconnected", "connecting", "connected"
@@ -240,3 +243,36 @@ def task_actions(model) -> dict[str, Action]:
             (session is None, "no case is open"), (bool(session and not session.activity.paused), "counting")
         ),
     }
+
+
+# ---- what the panel says about errors and the outbox ----
+
+
+def error_text(error: BaseException) -> str:
+    """What the panel says about a failed call: the server's words, plus what to do for the usual ones."""
+    if isinstance(error, AuthError):
+        return f"the server refused the token ({error.message}): ask for a new one"
+    if isinstance(error, TlsError):
+        return error.message
+    if isinstance(error, Offline):
+        return f"{error.message}; your work is kept and sent when the server answers"
+    if isinstance(error, QueueError):
+        return error.message
+    return f"{type(error).__name__}: {error}"
+
+
+def lost_from(entry: OutboxEntry):
+    """The ``LeaseLost`` an outbox entry was refused with (what the lease would have found)."""
+    error = error_from_answer(409, dict(entry.error or {}), "")
+    error.case_id, error.task_id = entry.case_id, entry.task_id
+    return error
+
+
+def outbox_counts(client, outbox: Outbox) -> tuple[int, list[OutboxEntry]]:
+    """In a job: how many submissions wait for this server, and the refused ones of this user."""
+    failed = [e for e in outbox.entries(FAILED, client.url) if e.user in (None, client.user)]
+    return outbox.pending_count(client.url), failed
+
+
+def error_text_of(entry: OutboxEntry) -> str:
+    return (entry.error or {}).get("message") or entry.state
