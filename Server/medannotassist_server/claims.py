@@ -225,7 +225,10 @@ def heartbeat(
         return task_view(row)
 
 
-def release(database: Database, caller: Caller, project_id: int, task_id: int, lease_id: str) -> dict:
+def release(
+    database: Database, caller: Caller, project_id: int, task_id: int, lease_id: str, reason: str | None = None
+) -> dict:
+    """Back to the queue; ``reason`` (a reader skipping the case) is kept in the audit event."""
     with database.writing() as session:
         row = session.connection().execute(_RELEASE, _fence_params(caller, project_id, task_id, lease_id)).first()
         if row is None:
@@ -237,7 +240,7 @@ def release(database: Database, caller: Caller, project_id: int, task_id: int, l
             "task",
             task_id,
             {"state": LEASED, "holder_id": caller.id},
-            {"state": QUEUED, "holder_id": None},
+            {"state": QUEUED, "holder_id": None} | ({"reason": reason} if reason else {}),
             project_id,
         )
         return task_view(row)

@@ -103,6 +103,17 @@ class HeartbeatRequest(LeaseRequest):
     lease_seconds: float | None = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
 
 
+class ReleaseRequest(LeaseRequest):
+    reason: str | None = Field(default=None, min_length=1, max_length=2000, description="why (a skip): audited")
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("a reason, when given, is not blank")
+        return value.strip() if value is not None else None
+
+
 class RuleOverride(Body):
     """Why a segmentation that fails a blocking rule of the protocol is right for this image."""
 

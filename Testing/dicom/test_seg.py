@@ -211,3 +211,14 @@ def test_empty_label_set_is_refused(sample_dir, tmp_path):
     )
     with pytest.raises(DicomError, match="no protocol structure has any voxels.*liver: no voxels"):
         export_seg(series, empty, abdomen_protocol(), tmp_path / "x.dcm")
+
+
+def test_a_long_protocol_id_makes_a_valid_content_label(sample_dir, tmp_path):
+    """ContentLabel (CS, 16 characters) cut from "chest-screening-test" must not end with the underscore
+    that stood for a hyphen (highdicom refuses it, and so does the standard)."""
+    from Testing.task_case import chest_protocol
+
+    series, (labels, _) = ct_series(sample_dir), ct_labels(sample_dir)
+    liver = labels_from_masks({"liver": labels.mask("liver")}, labels.geometry)
+    export_seg(series, liver, chest_protocol(), tmp_path / "chest.dcm")
+    assert pydicom.dcmread(tmp_path / "chest.dcm").ContentLabel == "CHEST_SCREENING"

@@ -1,4 +1,4 @@
-"""Architecture rules, read from the source: widgets -> mrml -> core, threads only in core/jobs.py."""
+"""Architecture rules, read from the source: widgets -> workflow -> mrml -> core, threads only in core/jobs.py."""
 
 from __future__ import annotations
 
@@ -23,8 +23,18 @@ SLICER_ONLY_IN_APP = (
 
 FORBIDDEN = {
     # layer: (top-level modules it must not import, relative sub-packages it must not import, attributes)
-    "core": ({"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MedAnnotAssist"}, {"mrml", "widgets"}, ()),
-    "mrml": ({"qt", "ctk", "PythonQt", "MedAnnotAssist"}, {"widgets"}, SLICER_ONLY_IN_APP),
+    "core": (
+        {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MedAnnotAssist"},
+        {"mrml", "workflow", "widgets"},
+        (),
+    ),
+    "mrml": ({"qt", "ctk", "PythonQt", "MedAnnotAssist"}, {"workflow", "widgets"}, SLICER_ONLY_IN_APP),
+    # the panel models: the scene only through mrml, no Qt, no application (Slicer's and trame's alike)
+    "workflow": (
+        {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MedAnnotAssist", "trame", "PySide6"},
+        {"widgets", "cli"},
+        SLICER_ONLY_IN_APP,
+    ),
     "cli": ({"qt", "ctk", "PythonQt"}, {"widgets"}, SLICER_ONLY_IN_APP),
 }
 
@@ -65,7 +75,7 @@ def _sources():
 
 def test_the_rules_see_every_layer():
     layers = {_layer(p.relative_to(LIB)) for p in _sources()}
-    assert {"core", "mrml", "widgets", "cli"} <= layers
+    assert {"core", "mrml", "workflow", "widgets", "cli"} <= layers
 
 
 def _violations(source: str, relative: Path) -> list[str]:
@@ -112,6 +122,15 @@ def test_the_checker_catches_violations():
         "mrml/probe.py:2 imports MedAnnotAssistLib.widgets",
         "mrml/probe.py:4 imports qt",
         "mrml/probe.py:3 uses slicer.mrmlScene",
+    ]
+    assert _violations("from ..workflow.task import TaskModel\n", Path("mrml/probe.py")) == [
+        "mrml/probe.py:1 imports MedAnnotAssistLib.workflow.task"
+    ]
+    workflow = "import vtk\nfrom ..mrml.review import ReviewSession\nfrom ..widgets import panel\nimport slicer.app\n"
+    assert _violations(workflow, Path("workflow/probe.py")) == [
+        "workflow/probe.py:1 imports vtk",
+        "workflow/probe.py:3 imports MedAnnotAssistLib.widgets",
+        "workflow/probe.py:4 imports slicer.app",
     ]
 
 

@@ -82,3 +82,45 @@ def test_identical_readers_render_blank(context, sample_dir, tmp_path):
     assert result.disagreement.max() == 0
     review.showDisagreementIn3D()
     assert _foreground(_pixels(review.renderPng(tmp_path / "blank.png", size=(200, 200)))).mean() == 0
+
+
+def test_the_servers_result_in_the_slice_views_an_edited_copy_and_close(context, sample_dir, tmp_path):
+    """The consensus and map files (as the server stores them) load into the review; the map lies over the CT
+    in every slice view; the edited final starts as a copy of the consensus; close leaves the scene as before."""
+    from MedAnnotAssistLib.mrml.review import showInSliceViews
+    from MedAnnotAssistLib.mrml.scene import nodeIds
+    from MedAnnotAssistLib.mrml.segmentation import saveSegmentation
+    from MedAnnotAssistLib.mrml.volumes import saveVolume
+
+    views = [context.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]  # Slicer's layout
+    ct = loadVolume(context, sample_dir / "example_ct_sm.nii.gz")
+    before = nodeIds(context.scene)  # the image is the caller's: the review's nodes are the others
+    computed = ReviewSession(context, PROTOCOL, imageNode=ct)
+    for name in ("example_seg", "example_seg_fast"):
+        computed.addReaderFile(sample_dir / f"{name}.nii.gz", ABDOMEN_LABELS, name=name)
+    computed.compute()
+    consensus = saveSegmentation(computed.consensusNode, tmp_path / "consensus.seg.nrrd")
+    disagreement = saveVolume(computed.disagreementNode, tmp_path / "disagreement.nrrd")
+    expected = arrayFromVolume(computed.disagreementNode).copy()
+    masks, _ = segmentMasks(computed.consensusNode)
+    computed.close()
+    assert nodeIds(context.scene) == before
+
+    review = ReviewSession(context, PROTOCOL, imageNode=ct)
+    review.loadResult(consensus, disagreement)
+    assert np.array_equal(arrayFromVolume(review.disagreementNode), expected)
+    assert review.disagreementNode.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeWarm1"
+    liver = structureSegments(review.consensusNode, PROTOCOL)["liver"]
+    assert segmentMasks(review.consensusNode, [liver])[0][liver].sum() == max(m.sum() for m in masks.values())
+    assert showInSliceViews(context.scene, review.disagreementNode, 0.4, review.imageNode) == 3
+    for view in views:
+        assert view.GetForegroundVolumeID() == review.disagreementNode.GetID()
+        assert view.GetBackgroundVolumeID() == review.imageNode.GetID() and view.GetForegroundOpacity() == 0.4
+    edited = review.editedCopy()
+    assert edited is review.editedCopy() and not review.consensusNode.GetDisplayNode().GetVisibility()
+    copy = structureSegments(edited, PROTOCOL)["liver"]
+    assert np.array_equal(segmentMasks(edited, [copy])[0][copy], segmentMasks(review.consensusNode, [liver])[0][liver])
+    showInSliceViews(context.scene, None, 0.0)
+    assert all(view.GetForegroundVolumeID() is None for view in views)
+    review.close()
+    assert nodeIds(context.scene) == before

@@ -64,6 +64,25 @@ def test_release_returns_the_task_to_others(queue, tiny_image_file):
     assert again.status_code == 409 and again.json()["code"] == "lease_lost"
 
 
+def test_a_release_reason_is_checked_and_audited(queue, tiny_image_file):
+    """A reader who skips a case says why: the reason is in the task.release event; a blank one is refused."""
+    admin = queue.admin
+    project = admin.new_project(unique("skip"), readers=1)
+    reader = admin.new_user(unique("skipper"))
+    admin.set_roles(project, reader.name, "annotator")
+    admin.upload_case(project, tiny_image_file, "skipped")
+    task = reader.claim(project)
+    path = f"/api/v1/projects/{project}/tasks/{task['id']}/release"
+    for bad in (" ", "x" * 2001):
+        refused = reader.post(path, json={"lease_id": task["lease_id"], "reason": bad})
+        assert refused.status_code == 422 and "reason" in refused.text, refused.text
+    reader.ok(reader.post(path, json={"lease_id": task["lease_id"], "reason": "the image is cut at the diaphragm"}))
+    events = admin.ok(admin.get(f"/api/v1/projects/{project}/audit"))
+    [released] = [e for e in events if e["action"] == "task.release"]
+    assert released["entity_id"] == str(task["id"]) and released["actor"] == reader.name
+    assert released["after"] == {"state": "queued", "holder_id": None, "reason": "the image is cut at the diaphragm"}
+
+
 def test_dicomweb_reference_and_cli_grant(queue, tmp_path):
     admin = queue.admin
     name = unique("dicomweb")

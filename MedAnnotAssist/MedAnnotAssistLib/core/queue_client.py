@@ -93,11 +93,7 @@ class QueueClient:
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self.url = _server_root(url, allow_http)
-        if not isinstance(token, str) or not token.strip() or any(c.isspace() for c in token.strip()):
-            raise ValueError(f"{self.url}: the token must be one word without spaces (it is shown once by the server)")
-        if ca_bundle is not None and not Path(ca_bundle).is_file():
-            raise ValueError(f"{self.url}: CA bundle {ca_bundle}: no such file")
+        self.url = check_settings(url, token, ca_bundle, allow_http)
         if timeout <= 0 or connect_timeout <= 0 or retries < 0 or backoff_s < 0:
             raise ValueError(f"{self.url}: timeouts must be positive, retries and backoff_s not negative")
         self.ca_bundle = str(ca_bundle) if ca_bundle else None
@@ -189,15 +185,16 @@ class QueueClient:
         path = f"/projects/{int(project_id)}/tasks/{int(task_id)}/heartbeat"
         return self._leased(project_id, task_id, lambda: self._json("POST", path, json=body, retry=True))
 
-    def release(self, project_id: int, task_id: int, lease_id: str) -> dict | None:
-        """Give the task back to the queue; its view, or None when a retry found the lease already gone (the
-        first attempt went through)."""
+    def release(self, project_id: int, task_id: int, lease_id: str, reason: str | None = None) -> dict | None:
+        """Give the task back to the queue (``reason``: why the reader skips it, kept in the audit log); its view,
+        or None when a retry found the lease already gone (the first attempt went through)."""
         path = f"/projects/{int(project_id)}/tasks/{int(task_id)}/release"
+        body = {"lease_id": lease_id} | ({"reason": reason} if reason else {})
         attempts = []
 
         def send():
             attempts.append(1)
-            answer = self._send("POST", path, json={"lease_id": lease_id})
+            answer = self._send("POST", path, json=body)
             return answer.json()
 
         try:
@@ -512,6 +509,17 @@ class QueueClient:
     def server_time(self) -> float:
         """Now on the server's clock (epoch seconds), from the last answer's Date header: lease countdowns."""
         return time.time() + self.clock_skew_s
+
+
+def check_settings(url: str, token: str, ca_bundle: str | Path | None = None, allow_http: bool = False) -> str:
+    """The server's root URL, once the URL, the token's form and the CA bundle are fine (``ValueError`` naming
+    what is wrong otherwise). No network: a panel checks what the user typed before signing in."""
+    root = _server_root(url, allow_http)
+    if not isinstance(token, str) or not token.strip() or any(c.isspace() for c in token.strip()):
+        raise ValueError(f"{root}: the token must be one word without spaces (it is shown once by the server)")
+    if ca_bundle is not None and not Path(ca_bundle).is_file():
+        raise ValueError(f"{root}: CA bundle {ca_bundle}: no such file")
+    return root
 
 
 def _server_root(url: str, allow_http: bool) -> str:

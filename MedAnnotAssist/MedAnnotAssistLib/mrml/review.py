@@ -15,8 +15,9 @@ from ..core.consensus import ConsensusResult, compute_consensus
 from ..core.labelio import Geometry, ReaderLabels, match_structure
 from ..core.protocol import Protocol
 from .protocol_segments import applyProtocol, structureSegments
+from .scene import nodeIds, removeNodes
 from .segmentation import importLabelmap, importLabelmapFile, loadSegmentation, segmentMasks
-from .volumes import fileStem, volumeFromArray
+from .volumes import fileStem, loadVolume, volumeFromArray
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
 TABLE_COLUMNS = [
@@ -100,6 +101,9 @@ class ReviewSession:
         self.consensusNode = None
         self.disagreementNode = None
         self.metricsTableNode = None
+        self.editedNode = None
+        self.finalNode = None
+        self._before = nodeIds(context.scene)  # what ``close`` leaves
 
     def addReader(self, segmentationNode, name: str | None = None):
         self.readerNodes.append(segmentationNode)
@@ -153,10 +157,58 @@ class ReviewSession:
         if self.disagreementNode is not None:
             self.context.scene.RemoveNode(self.disagreementNode)
         self.disagreementNode = volumeFromArray(self.context, self.result.disagreement, ijkToRas, "Disagreement")
-        display = self.disagreementNode.GetDisplayNode()
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(0.0, 1.0)
-        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeWarm1")
+        _disagreementDisplay(self.disagreementNode)
+
+    def loadResult(self, consensusPath: str | Path, disagreementPath: str | Path | None = None):
+        """The consensus the queue server computed (its ``.seg.nrrd``) and its disagreement map (``.nrrd``),
+        instead of ``compute()``: what a reviewer adjudicates is exactly what the server stored."""
+        if self.consensusNode is not None:
+            removeNodes(self.context.scene, [self.consensusNode.GetID()])
+        self.consensusNode = loadSegmentation(self.context, consensusPath, name="Consensus")
+        applyProtocol(self.consensusNode, self.protocol)
+        if self.imageNode is not None:
+            self.consensusNode.SetReferenceImageGeometryParameterFromVolumeNode(self.imageNode)
+        if disagreementPath is not None:
+            if self.disagreementNode is not None:
+                removeNodes(self.context.scene, [self.disagreementNode.GetID()])
+            self.disagreementNode = loadVolume(self.context, disagreementPath, name="Disagreement")
+            self.disagreementNode.CreateDefaultDisplayNodes()
+            _disagreementDisplay(self.disagreementNode)
+        return self.consensusNode
+
+    def loadFinal(self, path: str | Path):
+        """The approved final segmentation (``.seg.nrrd``), shown instead of the consensus."""
+        self.finalNode = loadSegmentation(self.context, path, name="Final")
+        applyProtocol(self.finalNode, self.protocol)
+        if self.imageNode is not None:
+            self.finalNode.SetReferenceImageGeometryParameterFromVolumeNode(self.imageNode)
+        if self.consensusNode is not None:
+            self.consensusNode.GetDisplayNode().SetVisibility(False)
+        return self.finalNode
+
+    def setReaderVisible(self, name: str, visible: bool) -> None:
+        """Show or hide one reader's segmentation in the views (readers start hidden)."""
+        node = self.readerNodes[self.readerNames.index(name)]
+        node.GetDisplayNode().SetVisibility(bool(visible))
+
+    def editedCopy(self):
+        """The reviewer's edited final: a copy of the consensus to edit with the Segment Editor (made once)."""
+        if self.editedNode is None:
+            if self.consensusNode is None:
+                raise ValueError("load or compute the consensus first")
+            self.editedNode = self.context.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Edited final")
+            self.editedNode.GetSegmentation().DeepCopy(self.consensusNode.GetSegmentation())
+            self.editedNode.CreateDefaultDisplayNodes()
+            if self.imageNode is not None:
+                self.editedNode.SetReferenceImageGeometryParameterFromVolumeNode(self.imageNode)
+            self.consensusNode.GetDisplayNode().SetVisibility(False)
+        return self.editedNode
+
+    def close(self) -> None:
+        """Remove every node added since this review began (readers, consensus, edits, map, table)."""
+        removeNodes(self.context.scene, sorted(nodeIds(self.context.scene) - self._before))
+        self.readerNodes, self.readerNames = [], []
+        self.consensusNode = self.disagreementNode = self.metricsTableNode = self.editedNode = self.finalNode = None
 
     def _metricsTable(self) -> None:
         if self.metricsTableNode is None:
@@ -196,3 +248,25 @@ class ReviewSession:
         if self.imageNode is not None and self.imageNode.GetDisplayNode() is not None:
             nodes.append(self.imageNode)
         return renderThreeDViewToPng(self.context, path, size=size, nodes=nodes)
+
+
+def _disagreementDisplay(node) -> None:
+    """0 (all agree) to 1 (all differ) on a warm colour scale."""
+    display = node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeWarm1")
+
+
+def showInSliceViews(scene, volumeNode, opacity: float = 0.5, background=None) -> int:
+    """Lay ``volumeNode`` over the slice views (their foreground, at ``opacity``; ``background`` under it);
+    None clears the foreground. The number of views set: Slicer's layout makes the composite nodes."""
+    found = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    count = found.GetNumberOfItems()
+    for index in range(count):
+        composite = found.GetItemAsObject(index)
+        if background is not None:
+            composite.SetBackgroundVolumeID(background.GetID())
+        composite.SetForegroundVolumeID(volumeNode.GetID() if volumeNode is not None else None)
+        composite.SetForegroundOpacity(float(opacity))
+    return count

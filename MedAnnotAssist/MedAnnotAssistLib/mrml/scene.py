@@ -102,3 +102,29 @@ class SceneContext:
         names = vtk.vtkStringArray()
         self.terminologiesLogic.GetLoadedTerminologyNames(names)
         return [names.GetValue(i) for i in range(names.GetNumberOfValues())]
+
+
+def nodeIds(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def removeNodes(scene, ids) -> None:
+    """Remove the nodes of ``ids`` still in the scene, with their display and storage nodes."""
+    for nodeId in ids:
+        node = scene.GetNodeByID(nodeId)
+        if node is None:
+            continue
+        dependents = []
+        if node.IsA("vtkMRMLDisplayableNode"):
+            dependents += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        if node.IsA("vtkMRMLStorableNode"):
+            dependents += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        if node.IsA("vtkMRMLSegmentationNode"):
+            # freed segments are erased from their shared layer one full pass each: release the layers first
+            segmentation = node.GetSegmentation()
+            for layer in range(segmentation.GetNumberOfLayers()):
+                segmentation.GetLayerDataObject(layer).Initialize()
+        scene.RemoveNode(node)
+        for dependent in dependents:
+            if dependent is not None and scene.IsNodePresent(dependent):
+                scene.RemoveNode(dependent)

@@ -12,7 +12,7 @@ from .. import claims, duties, review, submissions
 from ..auth import Access
 from ..errors import ApiError, not_found
 from ..models import ANNOTATE, ANNOTATOR, LEASED, REVIEW, REVIEWER, Case, Task
-from ..schemas import ClaimRequest, HeartbeatRequest, LeaseRequest, ProjectId, ReviewDecision, TaskId
+from ..schemas import ClaimRequest, HeartbeatRequest, ProjectId, ReleaseRequest, ReviewDecision, TaskId
 from ..services import Svc
 from .cases import Multipart
 
@@ -92,10 +92,10 @@ def heartbeat(
 
 @router.post("/{task_id}/release", response_model=dict, summary="Give the task back to the queue")
 def release(
-    project_id: ProjectId, task_id: TaskId, body: LeaseRequest, access: Access, request: Request
+    project_id: ProjectId, task_id: TaskId, body: ReleaseRequest, access: Access, request: Request
 ) -> JSONResponse:
     database = _services(request).database
-    return JSONResponse(claims.release(database, access.caller, project_id, task_id, body.lease_id))
+    return JSONResponse(claims.release(database, access.caller, project_id, task_id, body.lease_id, body.reason))
 
 
 @router.post(

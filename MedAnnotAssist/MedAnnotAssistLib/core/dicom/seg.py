@@ -390,7 +390,7 @@ def save_atomically(dataset, path: str | Path) -> Path:
 def _content_label(protocol: Protocol) -> str:
     """ContentLabel is a CS: upper case, digits, space or underscore, at most 16 characters."""
     text = "".join(c if c.isalnum() else "_" for c in protocol.id.upper())
-    return text[:16] or "SEGMENTATION"
+    return text[:16].rstrip("_") or "SEGMENTATION"  # a CS ends with neither space nor underscore
 
 
 def _concept(item) -> tuple[str, str] | None:
