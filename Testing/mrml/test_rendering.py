@@ -112,3 +112,81 @@ def test_segmentation_surfaces_are_drawn(context, tmp_path):
 
     assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
     assert _foreground(_pixels(path)).mean() > 0.02
+
+
+def _slice_scene(context):
+    """A CT-like ramp (-1000 at the left to 1000 at the right), a red segment (a sphere of radius 16 voxels)
+    and the disagreement sphere, all on the 64^3 grid."""
+    ramp = np.broadcast_to(np.linspace(-1000, 1000, SIZE, dtype=np.float32), (SIZE, SIZE, SIZE)).copy()
+    ct = volumeFromArray(context, ramp, IJK_TO_RAS, "CT")
+    ct.CreateDefaultDisplayNodes()
+    ct.GetDisplayNode().SetAutoWindowLevel(False)
+    ct.GetDisplayNode().SetWindowLevel(2000, 0)
+    k, j, i = np.mgrid[:SIZE, :SIZE, :SIZE]
+    ball = (np.sqrt((i - SIZE / 2) ** 2 + (j - SIZE / 2) ** 2 + (k - SIZE / 2) ** 2) < 16).astype(np.uint8)
+    labelmap = volumeFromArray(context, ball, IJK_TO_RAS, "Labels", labelmap=True)
+    segmentation = importLabelmap(context, labelmap, {1: "Liver"})
+    context.scene.RemoveNode(labelmap)
+    segment = segmentation.GetSegmentation().GetNthSegment(0)
+    segment.SetColor(1.0, 0.0, 0.0)
+    disagreement = volumeFromArray(context, _sphere(), IJK_TO_RAS, "Disagreement")
+    disagreement.CreateDefaultDisplayNodes()
+    display = disagreement.GetDisplayNode()
+    display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeWarm1")
+    display.AutoThresholdOff()
+    display.SetThreshold(1e-3, 1.0)  # zero is transparent: the CT shows through
+    display.ApplyThresholdOn()
+    return ct, segmentation, disagreement
+
+
+def test_slice_view_draws_the_ct_and_the_segments_as_slicer_does(context, tmp_path):
+    ct, segmentation, _ = _slice_scene(context)
+    nodes_before = context.scene.GetNumberOfNodes()
+
+    pixels = _pixels(rendering.renderSliceViewToPng(context, tmp_path / "axial.png", ct, size=(200, 200)))
+
+    assert pixels.shape == (200, 200, 3)
+    row = pixels[
+        20
+    ]  # above the sphere: the ramp in grey; high i (the patient's right) on the left, as radiologists read
+    gray = row[(row.max(axis=-1) > 0)]
+    assert (np.ptp(gray, axis=-1) <= 2).all() and gray[0, 0] - gray[-1, 0] > 150
+    centre = pixels[90:110, 90:110]  # the sphere's middle: its fill, red over the grey
+    assert (centre[..., 0] > centre[..., 1] + 40).all() and (centre[..., 0] > centre[..., 2] + 40).all()
+    # nothing of the temporary view stays in the scene
+    assert context.scene.GetNumberOfNodes() == nodes_before
+    assert context.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 0
+    assert context.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == 0
+
+
+def test_slice_view_offset_and_foreground(context, tmp_path):
+    ct, segmentation, disagreement = _slice_scene(context)
+    segmentation.GetDisplayNode().SetVisibility(False)
+    top = IJK_TO_RAS[2, 2] * (SIZE - 2)  # an axial slice near the top: past the sphere and the map
+
+    def render(name, **options):
+        path = tmp_path / f"{name}.png"
+        return _pixels(rendering.renderSliceViewToPng(context, path, ct, disagreement, 0.6, size=(200, 200), **options))
+
+    above, middle, coronal = render("top", offset=top), render("middle"), render("coronal", orientation="Coronal")
+
+    assert not _warm(above[90:110, 90:110]).any()  # grey only: the map is zero there, the segment hidden
+    assert _warm(middle[90:110, 90:110]).all() and _warm(coronal[90:110, 90:110]).all()
+    assert (middle[..., 2] < middle[..., 0] - 40).sum() > 0.05 * middle[..., 0].size
+
+
+def test_the_camera_turns_about_the_content(context, tmp_path):
+    """A bar along the i (left-right) axis: wide from the front, a square end when the camera turns 90 degrees."""
+    bar = np.zeros((SIZE, SIZE, SIZE), np.float32)
+    bar[28:36, 28:36, 4:60] = 1.0
+    rendering.setupVolumeRendering(context, volumeFromArray(context, bar, IJK_TO_RAS, "Bar"))
+
+    def extent(**turn) -> tuple[int, int]:
+        drawn = _foreground(_pixels(rendering.renderThreeDViewToPng(context, tmp_path / "bar.png", (200, 200), **turn)))
+        rows, columns = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
+        return columns[-1] - columns[0], rows[-1] - rows[0]
+
+    width, height = extent()
+    assert width > 4 * height
+    width, height = extent(azimuth=90)
+    assert abs(width - height) <= 0.25 * max(width, height)

@@ -124,3 +124,42 @@ def test_the_servers_result_in_the_slice_views_an_edited_copy_and_close(context,
     assert all(view.GetForegroundVolumeID() is None for view in views)
     review.close()
     assert nodeIds(context.scene) == before
+
+
+def _most_disagreement_offset(session) -> float:
+    """The axial slice offset (mm) where the map has the most voxels above zero."""
+    values = arrayFromVolume(session.disagreementNode)
+    k = int(np.argmax((values > 0).sum(axis=(1, 2))))
+    return float((ijkToRas(session.disagreementNode) @ [0, 0, k, 1])[2])
+
+
+def test_the_map_over_the_ct_in_a_slice_view_leaves_agreement_untouched(session, tmp_path):
+    """In the slice views the map is a film over the CT only where the readers differ: where they agree the CT
+    shows as it is (not tinted), and a split of two readers is drawn red."""
+    from MedAnnotAssistLib.mrml.rendering import renderSliceViewToPng
+
+    session.compute()
+    ct = session.imageNode
+    ct.CreateDefaultDisplayNodes()
+    offset = _most_disagreement_offset(session)
+    alone = _pixels(renderSliceViewToPng(session.context, tmp_path / "ct.png", ct, offset=offset, size=(300, 300)))
+    over = _pixels(
+        renderSliceViewToPng(
+            session.context, tmp_path / "map.png", ct, session.disagreementNode, 0.5, offset=offset, size=(300, 300)
+        )
+    )
+    changed = np.abs(over - alone).max(axis=-1) > 8
+    assert 0.002 < changed.mean() < 0.1  # the readers' borders, not the whole slice
+    red, green, blue = (over[..., c][changed] for c in range(3))
+    assert ((red > green + 30) & (red > blue + 30)).mean() > 0.9
+
+
+def test_a_two_reader_split_is_drawn_bright_in_3d(session, tmp_path):
+    """With two readers the map is 0.5 wherever they split, the most a consensus allows: the ramp's red."""
+    session.compute()
+    assert float(arrayFromVolume(session.disagreementNode).max()) == 0.5
+    session.showDisagreementIn3D()
+    pixels = _pixels(session.renderPng(tmp_path / "split.png", size=(300, 300)))
+    red, green = pixels[..., 0], pixels[..., 1]
+    assert ((red > 60) & (green < red * 0.6)).sum() > 0.1 * _foreground(pixels).sum()  # orange to red
+    assert (red > 100).sum() > 100  # not a faint haze (the old ramp, made for 1.0 at its red: none)

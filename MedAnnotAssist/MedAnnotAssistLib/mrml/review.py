@@ -251,11 +251,18 @@ class ReviewSession:
 
 
 def _disagreementDisplay(node) -> None:
-    """0 (all agree) to 1 (all differ) on a warm colour scale."""
+    """On a warm colour scale up to a half-and-half split (the ramp's red, as in 3D); where all readers agree
+    the map is transparent, so over the CT in a slice view it colours only the voxels where they differ."""
+    from .rendering import DISAGREEMENT_SPLIT
+
     display = node.GetDisplayNode()
     display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetWindowLevelMinMax(0.0, DISAGREEMENT_SPLIT)
     display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeWarm1")
+    display.AutoThresholdOff()
+    display.SetThreshold(1e-3, 1.0)  # a voxel where one of 1,000 readers differs still shows
+    display.ApplyThresholdOn()
+    display.InterpolateOff()  # voxel by voxel: blending a split with its agreeing neighbours would blur it yellow
 
 
 def showInSliceViews(scene, volumeNode, opacity: float = 0.5, background=None) -> int:
