@@ -324,3 +324,20 @@ def test_open_the_dicom_series(context, sample_dir, protocol, tmp_path):
             stored.close()
     finally:
         series.close()
+
+
+def test_a_structure_drawn_over_another_is_written_as_8_bit_labels(opened, tmp_path):
+    """A mask overlapping another structure's voxels goes to a layer of its own (a layer holds one label per
+    voxel): that layer holds 8-bit labels, as Slicer's editor makes them and the server requires, not doubles."""
+    from MedAnnotAssistLib.mrml.segmentation import saveSegmentation
+
+    session, _ = opened
+    grown = ndimage.binary_dilation(session.mask("liver"), iterations=2)
+    session.setMask("lung_right", grown)  # over the liver
+    segmentation = session.segmentationNode.GetSegmentation()
+    assert segmentation.GetNumberOfLayers() == 2
+    for layer in range(segmentation.GetNumberOfLayers()):
+        assert segmentation.GetLayerDataObject(layer).GetScalarTypeAsString() == "unsigned char"
+    path = saveSegmentation(session.segmentationNode, tmp_path / "case-1.seg.nrrd")
+    assert sitk.ReadImage(str(path)).GetPixelID() == sitk.sitkVectorUInt8
+    assert np.array_equal(read_reader(path, session.protocol).mask("lung_right"), grown)

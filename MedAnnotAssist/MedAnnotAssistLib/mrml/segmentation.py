@@ -72,14 +72,15 @@ def importLabelmapFile(context, path: str | Path, names: Mapping[int, str] | Non
 
 
 def referenceGeometry(segmentationNode):
-    """The segmentation's reference grid as an allocated, zero-filled vtkOrientedImageData."""
+    """The segmentation's reference grid as an allocated, zero-filled 8-bit vtkOrientedImageData: a binary
+    labelmap as Slicer's editor makes it (a mask set from it that needs a layer of its own gets an 8-bit one)."""
     segmentation = segmentationNode.GetSegmentation()
     name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
     geometry = segmentation.GetConversionParameter(name)
     if not geometry:
         raise ValueError(f"segmentation {segmentationNode.GetName()} has no reference image geometry")
     image = slicer.vtkOrientedImageData()
-    slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, image, True)
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, image, True, vtk.VTK_UNSIGNED_CHAR, 1)
     image.GetPointData().GetScalars().Fill(0)
     return image
 
