@@ -29,6 +29,7 @@ from ..core.queue_errors import Blinded, NotFound, ProtocolRejected
 from ..mrml.rendering import setupVolumeRendering
 from ..mrml.review import ReviewSession, showInSliceViews
 from ..mrml.segmentation import saveSegmentation
+from ..mrml.task_loading import applyWindow
 from ..mrml.volumes import loadVolume
 from .background import Background
 from .events import Model, first_off
@@ -157,6 +158,7 @@ class ReviewModel(Model):
         self.case, self.consensus, self.submissions, self.files = case, consensus, submissions, files
         review = ReviewSession(self.context, self.protocol)
         review.imageNode = loadVolume(self.context, files["image"], name=case["name"])  # it leaves with the review
+        applyWindow(review.imageNode, self.protocol)  # the readers' window, not the whole range of the scan
         for item in submissions:  # named as the view shows them: anonymous readers stay so in the scene too
             review.addReaderFile(files[item["id"]], name=self._label(item["reader"]))
         review.loadResult(files["consensus"], files["disagreement"])
