@@ -29,7 +29,8 @@ test-monailabel: $(STAMP)
 	$(MONAILABEL_VENV)/bin/python -m pip install --quiet monailabel==0.8.5 'pydicom<3' 'dicomweb-client<0.60' 'pynetdicom<3'
 	MEDANNOT_MONAILABEL_PYTHON=$(MONAILABEL_VENV)/bin/python $(BIN)/python -m pytest -m monailabel_server Testing/presegment
 
-## bench: the CT engine, consensus, DICOM, the task queue and its consensus job; writes docs/benchmarks.md (~60 min)
+## bench: the CT engine, consensus, DICOM, the task queue, its consensus job and the workstation's claim to case
+## in the scene; writes docs/benchmarks.md (~60 min)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[mrml,server,test,bench]'
 	$(BIN)/python -m bench.presegment
@@ -37,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.dicom
 	$(BIN)/python -m bench.queue
 	$(BIN)/python -m bench.consensus_job
+	$(BIN)/python -m bench.client
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
