@@ -15,45 +15,68 @@ from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
 from MedAnnotAssistLib.mrml.scene import SceneContext
+from MedAnnotAssistLib.widgets.ai_panel import AIPanel
+from MedAnnotAssistLib.widgets.case_protocol_panel import CaseProtocolPanel
+from MedAnnotAssistLib.widgets.export_panel import ExportPanel
 from MedAnnotAssistLib.widgets.protocol_panel import ProtocolPanel
+from MedAnnotAssistLib.widgets.pump import Pump
+from MedAnnotAssistLib.widgets.questions_panel import QuestionsPanel
+from MedAnnotAssistLib.widgets.review_panel import ReviewPanel
+from MedAnnotAssistLib.widgets.segment_editor_panel import SegmentEditorPanel
+from MedAnnotAssistLib.widgets.settings_store import SettingsStore
+from MedAnnotAssistLib.widgets.shortcuts import Shortcuts
+from MedAnnotAssistLib.widgets.task_panel import TaskPanel
 
 if TYPE_CHECKING:
     from MedAnnotAssistLib.core.protocol import Protocol
     from MedAnnotAssistLib.core.protocol_check import ProtocolCheck
     from MedAnnotAssistLib.mrml.protocol_segments import AppliedProtocol
+    from MedAnnotAssistLib.workflow.workstation import Workstation
 
 RESOURCES_DIR = Path(__file__).resolve().parent / "Resources"
+# The workstation's sections, top to bottom, each from Resources/UI/<name>.ui (the protocol tool follows them).
+SECTIONS = ("Task", "CaseProtocol", "SegmentEditor", "AI", "Questions", "Review", "Export")
 
 
-def ensureProtocolRequirements(installInTesting: bool = False) -> None:
-    """Install jsonschema (protocol validation) on first use; Slicer bundles every other dependency.
-
-    In testing mode Slicer skips installations unless ``installInTesting`` (the module's own test needs it).
-    """
+def ensureRequirements(fileName: str, probe: str, purpose: str, installInTesting: bool = False) -> None:
+    """Install the packages of ``Resources/<fileName>`` on first use unless ``probe`` imports already (Slicer
+    bundles the rest). In testing mode Slicer skips installations unless ``installInTesting``."""
     try:
-        import jsonschema  # noqa: F401
+        __import__(probe)
     except ImportError:
         pass
     else:
         return
-    requirements = RESOURCES_DIR / "requirements.txt"
+    requirements = RESOURCES_DIR / fileName
     try:
         from slicer import packaging
     except ImportError:  # Slicer 5.10 has no slicer.packaging yet
         lines = [line.strip() for line in requirements.read_text(encoding="utf-8").splitlines()]
         specs = [line for line in lines if line and not line.startswith("#")]
         if not slicer.util.confirmOkCancelDisplay(
-            _("MedAnnotAssist needs these Python packages to read protocols:\n{packages}\n\nInstall them now?").format(
-                packages="\n".join(specs)
+            _("MedAnnotAssist needs these Python packages to {purpose}:\n{packages}\n\nInstall them now?").format(
+                purpose=purpose, packages="\n".join(specs)
             )
         ):
-            message = _("Protocols cannot be read without: {packages}").format(packages=", ".join(specs))
+            message = _("MedAnnotAssist cannot {purpose} without: {packages}").format(
+                purpose=purpose, packages=", ".join(specs)
+            )
             raise RuntimeError(message) from None
         slicer.util.pip_install(specs)
     else:
         requirementList = packaging.load_requirements(requirements)
         packaging.pip_ensure(requirementList, requester="MedAnnotAssist", skip_in_testing=not installInTesting)
-    import jsonschema  # noqa: F401  (fails clearly if the installation was skipped, e.g. in testing mode)
+    __import__(probe)  # fails clearly if the installation was skipped, e.g. in testing mode
+
+
+def ensureProtocolRequirements(installInTesting: bool = False) -> None:
+    """jsonschema (protocol validation) and the other packages of requirements.txt."""
+    ensureRequirements("requirements.txt", "jsonschema", _("read protocols"), installInTesting)
+
+
+def ensureDicomRequirements() -> None:
+    """highdicom and the JPEG 2000 decoders, for DICOM SEG and RTSTRUCT exports."""
+    ensureRequirements("requirements-dicom.txt", "highdicom", _("export DICOM"))
 
 
 class MedAnnotAssist(ScriptedLoadableModule):
@@ -89,34 +112,70 @@ class MedAnnotAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.panel = None
+        self.workstation = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        self.logic = MedAnnotAssistLogic()
+        self.setupWorkstation()
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnnotAssist.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = MedAnnotAssistLogic()
         self.panel = ProtocolPanel(self.ui, self.logic)
+        self.layout.addStretch(1)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
+    def setupWorkstation(self) -> None:
+        """The queue workstation's sections, one .ui and one binding each, on one Workstation and its pump."""
+        self.sections = {}
+        for name in SECTIONS:
+            sectionWidget = slicer.util.loadUI(self.resourcePath(f"UI/{name}.ui"))
+            sectionWidget.setMRMLScene(slicer.mrmlScene)
+            self.layout.addWidget(sectionWidget)
+            self.sections[name] = slicer.util.childWidgetVariables(sectionWidget)
+        self.store = SettingsStore()
+        self.workstation = desk = self.logic.createWorkstation(self.store)
+        self.shortcuts = Shortcuts(self.parent, desk)
+        sections = self.sections
+        self.panels = {
+            "Task": TaskPanel(sections["Task"], desk.task, self.store, self.shortcuts.showHelp),
+            "CaseProtocol": CaseProtocolPanel(sections["CaseProtocol"], desk.protocol),
+            "SegmentEditor": SegmentEditorPanel(sections["SegmentEditor"], desk.protocol, desk.review),
+            "AI": AIPanel(sections["AI"], desk.ai),
+            "Questions": QuestionsPanel(sections["Questions"], desk.questions),
+            "Review": ReviewPanel(sections["Review"], desk.review),
+            "Export": ExportPanel(sections["Export"], desk.export, desk.settings, ensureDicomRequirements),
+        }
+        self.pump = Pump(desk)
+
     def cleanup(self) -> None:
         self.removeObservers()
         if self.panel:
             self.panel.cleanup()
+        if self.workstation is not None:
+            self.pump.stop()
+            for panel in self.panels.values():
+                panel.cleanup()
+            self.shortcuts.cleanup()
+            self.workstation.close()  # the case leaves the scene; the lease and the outbox stay for next time
+            self.workstation = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.shortcuts.setEnabled(True)
+        self.panels["SegmentEditor"].enter()
 
     def exit(self) -> None:
         # Stop re-checking while the user paints in another module; entering again re-checks once.
         self.setParameterNode(None)
+        self.shortcuts.setEnabled(False)
+        self.panels["SegmentEditor"].exit()
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -159,6 +218,17 @@ class MedAnnotAssistLogic(ScriptedLoadableModuleLogic):
 
     def context(self) -> SceneContext:
         return SceneContext.fromApplication(slicer.mrmlScene, slicer.app.applicationLogic())
+
+    def createWorkstation(self, store: SettingsStore) -> "Workstation":
+        """The panels' models on Slicer's scene: the settings from Slicer's, the outbox next to them, the image
+        cache in Slicer's cache folder."""
+        ensureProtocolRequirements()
+        from MedAnnotAssistLib.core.image_cache import ImageCache
+        from MedAnnotAssistLib.core.outbox import Outbox
+        from MedAnnotAssistLib.workflow.workstation import Workstation
+
+        cache = ImageCache(Path(slicer.app.cachePath) / "MedAnnotAssist" / "images")
+        return Workstation(self.context(), store.load(), outbox=Outbox(store.folder() / "outbox"), cache=cache)
 
     def bundledProtocolChoices(self) -> list[tuple[str, str]]:
         """(label, path) of each bundled protocol, read without validation (that needs jsonschema)."""

@@ -29,11 +29,17 @@ def test_every_ui_file_loads_with_a_placeholder_for_each_custom_widget(slicer_ap
         built = getattr(ui, element.get("name"))
         expected = uiloader.PLACEHOLDERS.get(element.get("class")) or getattr(QtWidgets, element.get("class"))
         assert type(built) is expected, element.get("name")
-    # Connections of the .ui are made: a scene given to the top widget reaches the node selectors.
+    # Connections of the .ui are made: a scene given to the top widget reaches each widget connected to it.
+    receivers = [c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot").startswith("setMRML")]
+    assert all(
+        isinstance(getattr(ui, name), uiloader.qmrml.qMRMLWidget | uiloader.qmrml.qMRMLNodeComboBox)
+        for name in receivers
+    )
     if isinstance(widget, uiloader.qmrml.qMRMLWidget):
         widget.setMRMLScene(slicer.mrmlScene)
-        selectors = widget.findChildren(uiloader.qmrml.qMRMLNodeComboBox)
-        assert selectors and all(s.mrmlScene() is slicer.mrmlScene for s in selectors)
+        assert all(getattr(ui, name).mrmlScene() is slicer.mrmlScene for name in receivers)
+    if path.name in ("MedAnnotAssist.ui", "SegmentEditor.ui"):  # the files with scene-bound widgets
+        assert receivers
     widget.deleteLater()
 
 
