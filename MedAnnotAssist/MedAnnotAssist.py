@@ -325,12 +325,91 @@ def protocolLabel(title: str, protocolId: str, version: str) -> str:
 
 
 class MedAnnotAssistTest(ScriptedLoadableModuleTest):
+    """In Slicer (ctest, --no-main-window). The workstation's click-through needs a running queue server:
+    MEDANNOT_TEST_QUEUE (its URL), MEDANNOT_TEST_READER_TOKENS (the annotators' tokens, comma-separated, as many
+    as the project's readers per case) and MEDANNOT_TEST_REVIEWER_TOKEN, of a project with review on and a free
+    case; without them it is left out: the pytest harness (Testing/widgets/test_workstation_panels.py) runs the
+    same flow on every commit."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
         self.test_ProtocolSegmentsSurviveSaveAndLoad()
+        queue = os.environ.get("MEDANNOT_TEST_QUEUE")
+        if queue:
+            widget = slicer.util.getModuleWidget("MedAnnotAssist")
+            readers = os.environ["MEDANNOT_TEST_READER_TOKENS"].split(",")
+            self.clickThrough(widget, queue, readers, os.environ["MEDANNOT_TEST_REVIEWER_TOKEN"])
+        else:
+            self.delayDisplay("MEDANNOT_TEST_QUEUE is not set: the workstation's click-through is left out")
+
+    def waitFor(self, condition, what: str, timeout: float = 120.0) -> None:
+        """Let Slicer's event loop run (the module's QTimer pumps the workstation) until ``condition()`` holds."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {timeout:g} s: {what}")
+            slicer.app.processEvents()
+            time.sleep(0.02)
+
+    def click(self, button) -> None:
+        self.assertTrue(button.isEnabled(), f"{button.objectName()} is off: {button.property('toolTip')}")
+        button.click()
+
+    def clickThrough(self, widget, url: str, readerTokens: list[str], reviewerToken: str) -> None:
+        """Each reader: claim -> run AI -> accept -> answer -> keep with a reason -> submit; then the reviewer:
+        review -> keep with a reason -> approve."""
+        desk, sections = widget.workstation, widget.sections
+        task, protocol = sections["Task"], sections["CaseProtocol"]
+        reason = "kept by the in-Slicer test"
+        for token, kind in [*((t, "annotate") for t in readerTokens), (reviewerToken, "review")]:
+            task.serverUrlLineEdit.setText(url)
+            task.tokenLineEdit.setText(token)
+            self.click(task.connectButton)
+            self.waitFor(lambda: desk.task.protocol is not None, "signed in to a project")
+
+            def claimed(kind=kind) -> bool:
+                if desk.task.current is None and task.nextTaskButton.isEnabled():
+                    task.nextTaskButton.click()  # again while no task is free (the consensus is being made)
+                return desk.task.session is not None if kind == "annotate" else desk.review.state.stage == "ready"
+
+            self.waitFor(claimed, f"a task to {kind}")
+            if kind == "annotate":
+                self.waitFor(lambda: sections["AI"].runButton.isEnabled(), "an engine ready")
+                self.click(sections["AI"].runButton)
+                self.waitFor(lambda: desk.ai.state.progress is None, "the engine's proposal")
+                for row in desk.protocol.state.rows:
+                    desk.protocol.select(row.structure_id)  # what a click in the table does
+                    if protocol.acceptButton.isEnabled():
+                        self.click(protocol.acceptButton)
+                for question in desk.questions.state.rows:
+                    desk.questions.answer(question.question_id, question.options[0])  # the form's combo box
+                desk.protocol.check_now()
+                for row in desk.protocol.state.rows:
+                    if row.blocking:
+                        desk.protocol.select(row.structure_id)
+                        protocol.overrideReasonLineEdit.setText(reason)
+                        self.click(protocol.keepButton)
+                self.click(task.submitButton)
+                self.waitFor(lambda: desk.task.current is None, "the submission delivered")
+                self.assertIn("submitted (submission", desk.task.message)
+                self.click(task.disconnectButton)
+            else:
+                review = sections["Review"]
+                self.waitFor(lambda: not desk.review.state.checking, "the final checked")
+                for index, row in enumerate(desk.review.state.rows):
+                    if row.failures:
+                        widget.panels["Review"].onCellClicked(index, 1)  # what a click on its row does
+                        review.reviewReasonLineEdit.setText(reason)
+                        self.click(review.reviewKeepButton)
+                self.click(review.approveButton)
+                self.waitFor(lambda: desk.task.current is None, "the approval")
+                self.assertEqual(desk.review.state.stage, "decided")
+        self.delayDisplay("Workstation click-through passed")
 
     def assertSegmentsFollowProtocol(self, protocol, segmentationNode, segments):
         from MedAnnotAssistLib.core.terminology import TERMINOLOGY_TAG, to_slicer_string

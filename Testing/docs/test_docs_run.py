@@ -90,7 +90,7 @@ PROMISED = {
     ],
     # the workflow models: a reader's case from claim to delivered submission, through the panels' actions
     "docs/workflow.md": [
-        "ct 1.1.0 proposed Left lung, Right lung",
+        "ct 1.2.0 proposed Left lung, Right lung",
         "{'Left lung': 'accepted', 'Right lung': 'accepted', 'Index nodule': 'absent'} | Submit on: True",
         "chest-1: submitted (submission 1) | waiting in the outbox: 0",
     ],

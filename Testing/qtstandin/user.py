@@ -18,6 +18,13 @@ def click(button: QtWidgets.QAbstractButton) -> None:
     QTest.mouseClick(button, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, where)
 
 
+def expand(section: QtWidgets.QWidget) -> None:
+    """Open a collapsed section (a ctkCollapsibleButton), as a click on its title does in Slicer."""
+    if not section.isVisible():
+        raise AssertionError(f"{section.objectName()}: hidden")
+    section.setCollapsed(False)
+
+
 def clickCell(table: QtWidgets.QTableWidget, row: int, column: int, double: bool = False) -> None:
     """A click (or a double click: a click, then a second press reported as a double click) on a cell."""
     center = table.visualItemRect(table.item(row, column)).center()

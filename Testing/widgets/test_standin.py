@@ -69,6 +69,24 @@ def test_a_connection_to_a_missing_slot_is_named(slicer_app, tmp_path):
         uiloader.loadUi(path)
 
 
+def test_a_section_collapsed_in_the_ui_hides_its_contents_until_expanded(slicer_app, tmp_path):
+    section = (
+        '<item><widget class="ctkCollapsibleButton" name="section"><property name="collapsed"><bool>true</bool>'
+        '</property><layout class="QVBoxLayout" name="sectionLayout"><item><widget class="QPushButton" '
+        'name="inside"/></item></layout></widget></item>'
+    )
+    widget = uiloader.loadUi(_crafted_ui(tmp_path, section))
+    ui = uiloader.childWidgetVariables(widget)
+    widget.show()
+    assert ui.section.collapsed and ui.section.isVisible() and not ui.inside.isVisible()
+    with pytest.raises(AssertionError, match="inside: cannot be clicked"):
+        user.click(ui.inside)
+    user.expand(ui.section)
+    assert ui.inside.isVisible()
+    widget.close()
+    widget.deleteLater()
+
+
 def test_assigning_a_qt_property_as_an_attribute_raises_naming_the_setter(slicer_app):
     import qt
 

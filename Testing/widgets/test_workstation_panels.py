@@ -396,3 +396,23 @@ def test_the_token_is_kept_only_when_asked_and_never_with_the_settings(queue, wo
         assert QtCore.QSettings().value(TOKEN_KEY) is None
     finally:
         again.close()
+
+
+def test_the_in_slicer_test_class_clicks_through_the_same_flow(queue, protocol, sample_dir, ai_liver, workstation):
+    """MedAnnotAssistTest.clickThrough, which maintainers run in Slicer against their own server, run here on
+    the stand-in against the real server: it passes, and the case is approved."""
+    study = make_study(queue, protocol, sample_dir, ai_liver, workstation.widget.workstation.work_dir)
+    try:
+        tester = workstation.module.MedAnnotAssistTest()
+        tester.clickThrough(workstation.widget, queue.url, [study.a.token, study.b.token], study.reviewer.token)
+        admin = study.admin
+        case = admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}"))
+        assert case["state"] == "approved" and case["final_sha256"]
+        submissions = admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}/submissions"))
+        assert sorted(s["reader"] for s in submissions) == sorted([study.a.name, study.b.name])
+        for item in submissions:
+            metadata = item["metadata"]
+            assert metadata["segments"]["liver"]["state"] == "accepted" and metadata["answers"]["lung_rads"] == "1"
+            assert {o["reason"] for o in metadata["overrides"]} == {"kept by the in-Slicer test"}
+    finally:
+        study.close()

@@ -1,6 +1,6 @@
 """The workstation's settings in Slicer's settings (the user's Slicer.ini), and the token apart from them.
 
-Keys (docs/user-guide.md lists them for administrators):
+Keys (docs/architecture.md, "The workstation's sections"):
 
 - ``MedAnnotAssist/Workstation``: the JSON of ``WorkstationSettings`` (server URL, CA bundle, user name,
   project, lease and interval seconds, DICOMweb URL, export format); never the token.
