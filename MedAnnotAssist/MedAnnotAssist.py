@@ -133,14 +133,24 @@ class MedAnnotAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setupWorkstation(self) -> None:
         """The queue workstation's sections, one .ui and one binding each, on one Workstation and its pump."""
-        self.sections = {}
+        self.sections, sectionWidgets = {}, []
         for name in SECTIONS:
             sectionWidget = slicer.util.loadUI(self.resourcePath(f"UI/{name}.ui"))
             sectionWidget.setMRMLScene(slicer.mrmlScene)
             self.layout.addWidget(sectionWidget)
+            sectionWidgets.append(sectionWidget)
             self.sections[name] = slicer.util.childWidgetVariables(sectionWidget)
         self.store = SettingsStore()
-        self.workstation = desk = self.logic.createWorkstation(self.store)
+        try:
+            desk = self.logic.createWorkstation(self.store)
+        except RuntimeError as error:  # its Python packages were not installed (declined, or no network)
+            slicer.util.errorDisplay(
+                _("The task queue's panels are off: {error}").format(error=error), windowTitle=_("MedAnnotAssist")
+            )
+            for sectionWidget in sectionWidgets:
+                sectionWidget.setEnabled(False)
+            return
+        self.workstation = desk
         self.shortcuts = Shortcuts(self.parent, desk)
         sections = self.sections
         self.panels = {
@@ -168,14 +178,16 @@ class MedAnnotAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self.shortcuts.setEnabled(True)
-        self.panels["SegmentEditor"].enter()
+        if self.workstation is not None:
+            self.shortcuts.setEnabled(True)
+            self.panels["SegmentEditor"].enter()
 
     def exit(self) -> None:
         # Stop re-checking while the user paints in another module; entering again re-checks once.
         self.setParameterNode(None)
-        self.shortcuts.setEnabled(False)
-        self.panels["SegmentEditor"].exit()
+        if self.workstation is not None:
+            self.shortcuts.setEnabled(False)
+            self.panels["SegmentEditor"].exit()
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -357,7 +369,7 @@ class MedAnnotAssistTest(ScriptedLoadableModuleTest):
             time.sleep(0.02)
 
     def click(self, button) -> None:
-        self.assertTrue(button.isEnabled(), f"{button.objectName()} is off: {button.property('toolTip')}")
+        self.assertTrue(button.isEnabled(), f"{button.property('objectName')} is off: {button.property('toolTip')}")
         button.click()
 
     def clickThrough(self, widget, url: str, readerTokens: list[str], reviewerToken: str) -> None:

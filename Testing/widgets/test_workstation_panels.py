@@ -416,3 +416,60 @@ def test_the_in_slicer_test_class_clicks_through_the_same_flow(queue, protocol, 
             assert {o["reason"] for o in metadata["overrides"]} == {"kept by the in-Slicer test"}
     finally:
         study.close()
+
+
+def test_without_the_workstations_packages_the_queue_panels_are_off_and_the_protocol_tool_works(
+    slicer_app, settings_folder, monkeypatch
+):
+    """The user declined installing what the workstation needs: the module still opens, says why the queue's
+    sections are off, and the protocol tool without a server still works."""
+    from MedAnnotAssistLib.workflow.workstation import Workstation
+
+    words = "MedAnnotAssist cannot read protocols without: jsonschema>=4.18"
+
+    def declined(*args, **kwargs):
+        raise RuntimeError(words)
+
+    monkeypatch.setattr(Workstation, "__init__", declined)
+    opened = slicer_app.openModule(MODULE_FILE, size=PANEL_SIZE)
+    try:
+        [message] = slicer_app.app.takeMessages("error")
+        assert message.text == f"The task queue's panels are off: {words}"
+        task = opened.widget.sections["Task"]
+        assert not task.TaskSection.isEnabled() and not task.connectButton.isEnabled()
+        ui = opened.widget.ui
+        user.expand(ui.protocolCollapsibleButton)
+        index = next(
+            i for i in range(ui.protocolComboBox.count()) if "lung-nodule" in str(ui.protocolComboBox.itemData(i))
+        )
+        user.choose(ui.protocolComboBox, index)
+        assert "Lung" in ui.protocolInfoLabel.text()
+    finally:
+        opened.close()
+
+
+def test_the_offline_indicator_follows_the_server(tmp_path, slicer_app, settings_folder):
+    """Settings from Slicer's (a short sync interval); the server goes away and comes back: the task section
+    says so, in red, and stops saying it."""
+    own = Queue(tmp_path / "own-queue", None)
+    opened = None
+    try:
+        dora = own.admin.new_user(unique("dora"))
+        QtCore.QSettings().setValue(SETTINGS_KEY, json.dumps({"server_url": own.url, "sync_interval_s": 0.3}))
+        opened = slicer_app.openModule(MODULE_FILE, size=PANEL_SIZE)
+        desk, task = opened.widget.workstation, opened.widget.sections["Task"]
+        assert words(task.serverUrlLineEdit) == own.url and desk.settings.sync_interval_s == 0.3
+        user.typeText(task.tokenLineEdit, dora.token)
+        user.click(task.connectButton)
+        wait(lambda: desk.task.state.connection == "connected")
+        assert not task.offlineLabel.isVisible()
+        own.server.kill()
+        wait(lambda: task.offlineLabel.isVisible())
+        assert words(task.offlineLabel) == "offline: submissions wait in the outbox"
+        assert task.offlineLabel.styleSheet() == "color: #c0392b"
+        own.server.start()
+        wait(lambda: not task.offlineLabel.isVisible())
+    finally:
+        if opened is not None:
+            opened.close()
+        own.stop()

@@ -126,7 +126,7 @@ class Binding:
 
     def showAction(self, widget, action: Action, enabled_tip: str | None = None) -> None:
         """Enabled or not as the model says; the tooltip says what it does, or why it is off now."""
-        name = widget.objectName()
+        name = str(widget.property("objectName"))
         if name not in self._tips:
             self._tips[name] = str(widget.property("toolTip") or "")
         tip = enabled_tip if enabled_tip is not None else self._tips[name]
