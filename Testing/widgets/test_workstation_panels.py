@@ -168,6 +168,17 @@ def test_a_reader_and_a_reviewer_click_through_the_panels(
     assert task.projectComboBox.currentText() == "Lung screening (annotator)" and not task.connectButton.isEnabled()
     assert study.a.token not in task.tokenLineEdit.displayText()
 
+    # ---- a first claim given back: Skip asks why (cancelled: nothing happens), Release asks to confirm ----
+    user.click(task.nextTaskButton)
+    wait(lambda: desk.task.session is not None)
+    slicer_app.dialogs.answer("")  # the reader cancels the reason
+    user.click(task.skipButton)
+    assert desk.task.session is not None and slicer_app.dialogs.opened[-1].startswith("QInputDialog.getText: Skip")
+    slicer_app.dialogs.answer(True)
+    user.click(task.releaseButton)
+    wait(lambda: desk.task.current is None)
+    assert words(task.taskMessageLabel).endswith(" released") and not slicer_app.dialogs.unanswered
+
     # ---- the next case: the sample CT with the AI's liver, the lease counting down ----
     user.click(task.nextTaskButton)
     wait(lambda: desk.task.session is not None)
