@@ -15,45 +15,68 @@ from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
 from MedAnnotAssistLib.mrml.scene import SceneContext
+from MedAnnotAssistLib.widgets.ai_panel import AIPanel
+from MedAnnotAssistLib.widgets.case_protocol_panel import CaseProtocolPanel
+from MedAnnotAssistLib.widgets.export_panel import ExportPanel
 from MedAnnotAssistLib.widgets.protocol_panel import ProtocolPanel
+from MedAnnotAssistLib.widgets.pump import Pump
+from MedAnnotAssistLib.widgets.questions_panel import QuestionsPanel
+from MedAnnotAssistLib.widgets.review_panel import ReviewPanel
+from MedAnnotAssistLib.widgets.segment_editor_panel import SegmentEditorPanel
+from MedAnnotAssistLib.widgets.settings_store import SettingsStore
+from MedAnnotAssistLib.widgets.shortcuts import Shortcuts
+from MedAnnotAssistLib.widgets.task_panel import TaskPanel
 
 if TYPE_CHECKING:
     from MedAnnotAssistLib.core.protocol import Protocol
     from MedAnnotAssistLib.core.protocol_check import ProtocolCheck
     from MedAnnotAssistLib.mrml.protocol_segments import AppliedProtocol
+    from MedAnnotAssistLib.workflow.workstation import Workstation
 
 RESOURCES_DIR = Path(__file__).resolve().parent / "Resources"
+# The workstation's sections, top to bottom, each from Resources/UI/<name>.ui (the protocol tool follows them).
+SECTIONS = ("Task", "CaseProtocol", "SegmentEditor", "AI", "Questions", "Review", "Export")
 
 
-def ensureProtocolRequirements(installInTesting: bool = False) -> None:
-    """Install jsonschema (protocol validation) on first use; Slicer bundles every other dependency.
-
-    In testing mode Slicer skips installations unless ``installInTesting`` (the module's own test needs it).
-    """
+def ensureRequirements(fileName: str, probe: str, purpose: str, installInTesting: bool = False) -> None:
+    """Install the packages of ``Resources/<fileName>`` on first use unless ``probe`` imports already (Slicer
+    bundles the rest). In testing mode Slicer skips installations unless ``installInTesting``."""
     try:
-        import jsonschema  # noqa: F401
+        __import__(probe)
     except ImportError:
         pass
     else:
         return
-    requirements = RESOURCES_DIR / "requirements.txt"
+    requirements = RESOURCES_DIR / fileName
     try:
         from slicer import packaging
     except ImportError:  # Slicer 5.10 has no slicer.packaging yet
         lines = [line.strip() for line in requirements.read_text(encoding="utf-8").splitlines()]
         specs = [line for line in lines if line and not line.startswith("#")]
         if not slicer.util.confirmOkCancelDisplay(
-            _("MedAnnotAssist needs these Python packages to read protocols:\n{packages}\n\nInstall them now?").format(
-                packages="\n".join(specs)
+            _("MedAnnotAssist needs these Python packages to {purpose}:\n{packages}\n\nInstall them now?").format(
+                purpose=purpose, packages="\n".join(specs)
             )
         ):
-            message = _("Protocols cannot be read without: {packages}").format(packages=", ".join(specs))
+            message = _("MedAnnotAssist cannot {purpose} without: {packages}").format(
+                purpose=purpose, packages=", ".join(specs)
+            )
             raise RuntimeError(message) from None
         slicer.util.pip_install(specs)
     else:
         requirementList = packaging.load_requirements(requirements)
         packaging.pip_ensure(requirementList, requester="MedAnnotAssist", skip_in_testing=not installInTesting)
-    import jsonschema  # noqa: F401  (fails clearly if the installation was skipped, e.g. in testing mode)
+    __import__(probe)  # fails clearly if the installation was skipped, e.g. in testing mode
+
+
+def ensureProtocolRequirements(installInTesting: bool = False) -> None:
+    """jsonschema (protocol validation) and the other packages of requirements.txt."""
+    ensureRequirements("requirements.txt", "jsonschema", _("read protocols"), installInTesting)
+
+
+def ensureDicomRequirements() -> None:
+    """highdicom and the JPEG 2000 decoders, for DICOM SEG and RTSTRUCT exports."""
+    ensureRequirements("requirements-dicom.txt", "highdicom", _("export DICOM"))
 
 
 class MedAnnotAssist(ScriptedLoadableModule):
@@ -89,34 +112,82 @@ class MedAnnotAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.panel = None
+        self.workstation = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        self.logic = MedAnnotAssistLogic()
+        self.setupWorkstation()
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnnotAssist.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = MedAnnotAssistLogic()
         self.panel = ProtocolPanel(self.ui, self.logic)
+        self.layout.addStretch(1)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
+    def setupWorkstation(self) -> None:
+        """The queue workstation's sections, one .ui and one binding each, on one Workstation and its pump."""
+        self.sections, sectionWidgets = {}, []
+        for name in SECTIONS:
+            sectionWidget = slicer.util.loadUI(self.resourcePath(f"UI/{name}.ui"))
+            sectionWidget.setMRMLScene(slicer.mrmlScene)
+            self.layout.addWidget(sectionWidget)
+            sectionWidgets.append(sectionWidget)
+            self.sections[name] = slicer.util.childWidgetVariables(sectionWidget)
+        self.store = SettingsStore()
+        try:
+            desk = self.logic.createWorkstation(self.store)
+        except RuntimeError as error:  # its Python packages were not installed (declined, or no network)
+            slicer.util.errorDisplay(
+                _("The task queue's panels are off: {error}").format(error=error), windowTitle=_("MedAnnotAssist")
+            )
+            for sectionWidget in sectionWidgets:
+                sectionWidget.setEnabled(False)
+            return
+        self.workstation = desk
+        self.shortcuts = Shortcuts(self.parent, desk)
+        sections = self.sections
+        self.panels = {
+            "Task": TaskPanel(sections["Task"], desk.task, self.store, self.shortcuts.showHelp),
+            "CaseProtocol": CaseProtocolPanel(sections["CaseProtocol"], desk.protocol),
+            "SegmentEditor": SegmentEditorPanel(sections["SegmentEditor"], desk.protocol, desk.review),
+            "AI": AIPanel(sections["AI"], desk.ai),
+            "Questions": QuestionsPanel(sections["Questions"], desk.questions),
+            "Review": ReviewPanel(sections["Review"], desk.review),
+            "Export": ExportPanel(sections["Export"], desk.export, desk.settings, ensureDicomRequirements),
+        }
+        self.pump = Pump(desk)
+
     def cleanup(self) -> None:
         self.removeObservers()
         if self.panel:
             self.panel.cleanup()
+        if self.workstation is not None:
+            self.pump.stop()
+            for panel in self.panels.values():
+                panel.cleanup()
+            self.shortcuts.cleanup()
+            self.workstation.close()  # the case leaves the scene; the lease and the outbox stay for next time
+            self.workstation = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if self.workstation is not None:
+            self.shortcuts.setEnabled(True)
+            self.panels["SegmentEditor"].enter()
 
     def exit(self) -> None:
         # Stop re-checking while the user paints in another module; entering again re-checks once.
         self.setParameterNode(None)
+        if self.workstation is not None:
+            self.shortcuts.setEnabled(False)
+            self.panels["SegmentEditor"].exit()
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -159,6 +230,17 @@ class MedAnnotAssistLogic(ScriptedLoadableModuleLogic):
 
     def context(self) -> SceneContext:
         return SceneContext.fromApplication(slicer.mrmlScene, slicer.app.applicationLogic())
+
+    def createWorkstation(self, store: SettingsStore) -> "Workstation":
+        """The panels' models on Slicer's scene: the settings from Slicer's, the outbox next to them, the image
+        cache in Slicer's cache folder."""
+        ensureProtocolRequirements()
+        from MedAnnotAssistLib.core.image_cache import ImageCache
+        from MedAnnotAssistLib.core.outbox import Outbox
+        from MedAnnotAssistLib.workflow.workstation import Workstation
+
+        cache = ImageCache(Path(slicer.app.cachePath) / "MedAnnotAssist" / "images")
+        return Workstation(self.context(), store.load(), outbox=Outbox(store.folder() / "outbox"), cache=cache)
 
     def bundledProtocolChoices(self) -> list[tuple[str, str]]:
         """(label, path) of each bundled protocol, read without validation (that needs jsonschema)."""
@@ -255,12 +337,91 @@ def protocolLabel(title: str, protocolId: str, version: str) -> str:
 
 
 class MedAnnotAssistTest(ScriptedLoadableModuleTest):
+    """In Slicer (ctest, --no-main-window). The workstation's click-through needs a running queue server:
+    MEDANNOT_TEST_QUEUE (its URL), MEDANNOT_TEST_READER_TOKENS (the annotators' tokens, comma-separated, as many
+    as the project's readers per case) and MEDANNOT_TEST_REVIEWER_TOKEN, of a project with review on and a free
+    case; without them it is left out: the pytest harness (Testing/widgets/test_workstation_panels.py) runs the
+    same flow on every commit."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
         self.test_ProtocolSegmentsSurviveSaveAndLoad()
+        queue = os.environ.get("MEDANNOT_TEST_QUEUE")
+        if queue:
+            widget = slicer.util.getModuleWidget("MedAnnotAssist")
+            readers = os.environ["MEDANNOT_TEST_READER_TOKENS"].split(",")
+            self.clickThrough(widget, queue, readers, os.environ["MEDANNOT_TEST_REVIEWER_TOKEN"])
+        else:
+            self.delayDisplay("MEDANNOT_TEST_QUEUE is not set: the workstation's click-through is left out")
+
+    def waitFor(self, condition, what: str, timeout: float = 120.0) -> None:
+        """Let Slicer's event loop run (the module's QTimer pumps the workstation) until ``condition()`` holds."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {timeout:g} s: {what}")
+            slicer.app.processEvents()
+            time.sleep(0.02)
+
+    def click(self, button) -> None:
+        self.assertTrue(button.isEnabled(), f"{button.property('objectName')} is off: {button.property('toolTip')}")
+        button.click()
+
+    def clickThrough(self, widget, url: str, readerTokens: list[str], reviewerToken: str) -> None:
+        """Each reader: claim -> run AI -> accept -> answer -> keep with a reason -> submit; then the reviewer:
+        review -> keep with a reason -> approve."""
+        desk, sections = widget.workstation, widget.sections
+        task, protocol = sections["Task"], sections["CaseProtocol"]
+        reason = "kept by the in-Slicer test"
+        for token, kind in [*((t, "annotate") for t in readerTokens), (reviewerToken, "review")]:
+            task.serverUrlLineEdit.setText(url)
+            task.tokenLineEdit.setText(token)
+            self.click(task.connectButton)
+            self.waitFor(lambda: desk.task.protocol is not None, "signed in to a project")
+
+            def claimed(kind=kind) -> bool:
+                if desk.task.current is None and task.nextTaskButton.isEnabled():
+                    task.nextTaskButton.click()  # again while no task is free (the consensus is being made)
+                return desk.task.session is not None if kind == "annotate" else desk.review.state.stage == "ready"
+
+            self.waitFor(claimed, f"a task to {kind}")
+            if kind == "annotate":
+                self.waitFor(lambda: sections["AI"].runButton.isEnabled(), "an engine ready")
+                self.click(sections["AI"].runButton)
+                self.waitFor(lambda: desk.ai.state.progress is None, "the engine's proposal")
+                for row in desk.protocol.state.rows:
+                    desk.protocol.select(row.structure_id)  # what a click in the table does
+                    if protocol.acceptButton.isEnabled():
+                        self.click(protocol.acceptButton)
+                for question in desk.questions.state.rows:
+                    desk.questions.answer(question.question_id, question.options[0])  # the form's combo box
+                desk.protocol.check_now()
+                for row in desk.protocol.state.rows:
+                    if row.blocking:
+                        desk.protocol.select(row.structure_id)
+                        protocol.overrideReasonLineEdit.setText(reason)
+                        self.click(protocol.keepButton)
+                self.click(task.submitButton)
+                self.waitFor(lambda: desk.task.current is None, "the submission delivered")
+                self.assertIn("submitted (submission", desk.task.message)
+                self.click(task.disconnectButton)
+            else:
+                review = sections["Review"]
+                self.waitFor(lambda: not desk.review.state.checking, "the final checked")
+                for index, row in enumerate(desk.review.state.rows):
+                    if row.failures:
+                        widget.panels["Review"].onCellClicked(index, 1)  # what a click on its row does
+                        review.reviewReasonLineEdit.setText(reason)
+                        self.click(review.reviewKeepButton)
+                self.click(review.approveButton)
+                self.waitFor(lambda: desk.task.current is None, "the approval")
+                self.assertEqual(desk.review.state.stage, "decided")
+        self.delayDisplay("Workstation click-through passed")
 
     def assertSegmentsFollowProtocol(self, protocol, segmentationNode, segments):
         from MedAnnotAssistLib.core.terminology import TERMINOLOGY_TAG, to_slicer_string

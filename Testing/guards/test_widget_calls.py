@@ -68,6 +68,44 @@ def test_the_guard_sees_the_real_paths(real):
     assert "MedAnnotAssistLib.core.queue_client.QueueClient._send" in functions
 
 
+def _path_exists(graph: CallGraph, source: str, target: str) -> bool:
+    """``target`` is reached from ``source`` on the GUI thread (calls and references, not handed to jobs)."""
+    seen, todo = {source}, [graph.symbols[source]]
+    while todo:
+        edges, _handed = graph.edges(todo.pop())
+        for edge in edges:
+            if isinstance(edge.target, Function) and edge.target.qualname not in seen:
+                if edge.target.qualname == target:
+                    return True
+                seen.add(edge.target.qualname)
+                todo.append(edge.target)
+    return False
+
+
+W, M = "MedAnnotAssistLib.widgets.", "MedAnnotAssistLib.workflow."
+
+
+@pytest.mark.parametrize(
+    ("slot", "action"),
+    [
+        (W + "task_panel.TaskPanel.onConnect", M + "task.TaskModel.connect"),
+        (W + "task_panel.TaskPanel.onSubmit", M + "task.TaskModel.submit"),
+        (W + "case_protocol_panel.CaseProtocolPanel.onKeep", M + "protocol.ProtocolModel.override"),
+        (W + "ai_panel.AIPanel.onRun", M + "ai.AIModel.run"),
+        (W + "review_panel.ReviewPanel.onApprove", M + "review.ReviewModel.approve"),
+        (W + "export_panel.ExportPanel.onExport", M + "export.ExportModel.export"),
+        (W + "shortcuts.Shortcuts.press", M + "task.TaskModel.next_task"),
+        (W + "pump.Pump.onTick", M + "workstation.Workstation.poll"),
+        (W + "task_panel.TaskPanel.onNextTask", "MedAnnotAssistLib.mrml.task_session.TaskSession.open"),  # in poll()
+    ],
+)
+def test_the_guard_follows_each_section_into_its_model(real, slot, action):
+    """Not vacuous for the workstation's sections: their slots are roots and reach the models' actions (and the
+    server calls behind them are found handed to core.jobs, or the guard's first test would fail)."""
+    graph, report = real
+    assert slot in report.reached and _path_exists(graph, slot, action)
+
+
 CRAFTED = {
     "MedAnnotAssistLib.core.jobs": """
         class Job:

@@ -43,6 +43,15 @@ class ctkCollapsibleButton(QtWidgets.QGroupBox):
 
     collapsed = Property(bool, isCollapsed, setCollapsed)
 
+    def childEvent(self, event) -> None:
+        """As CTK does: a widget that arrives in a collapsed section stays hidden (a .ui sets ``collapsed``
+        before it adds the section's contents)."""
+        super().childEvent(event)
+        if self._collapsed and event.type() in (QtCore.QEvent.ChildAdded, QtCore.QEvent.ChildPolished):
+            child = event.child()
+            if isinstance(child, QtWidgets.QWidget):
+                child.setVisible(False)
+
 
 class ctkCollapsibleGroupBox(ctkCollapsibleButton):
     """Stand-in for ctkCollapsibleGroupBox: the same collapsing section, titled by ``title``."""

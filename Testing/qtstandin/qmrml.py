@@ -210,6 +210,7 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
         self._segmentation = self._source = self._editorNode = None
         self._segmentId = ""
         self.standInActiveEffectName = ""  # what setActiveEffectByName was told (tests read it)
+        self.standInShortcutsInstalled = False  # between installKeyboardShortcuts and uninstallKeyboardShortcuts
 
     def setMRMLSegmentEditorNode(self, node) -> None:
         self._editorNode = node
@@ -245,6 +246,16 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
 
     def setActiveEffectByName(self, name: str) -> None:
         self.standInActiveEffectName = name
+
+    def setActiveEffect(self, effect) -> None:
+        """Only None (no effect) is meaningful here: the stand-in has no effects."""
+        self.standInActiveEffectName = "" if effect is None else str(effect)
+
+    def installKeyboardShortcuts(self, parent=None) -> None:
+        self.standInShortcutsInstalled = True
+
+    def uninstallKeyboardShortcuts(self) -> None:
+        self.standInShortcutsInstalled = False
 
 
 PLACEHOLDERS = (qMRMLWidget, qMRMLNodeComboBox, qMRMLSegmentEditorWidget)

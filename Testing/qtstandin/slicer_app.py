@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from PySide6 import QtCore, QtWidgets
 
@@ -62,6 +63,11 @@ class SlicerApplicationStandIn:
 
     def testingEnabled(self) -> bool:
         return False
+
+    @property
+    def cachePath(self) -> str:
+        """Slicer's cache folder (a Qt property there): next to the test's settings, never the user's."""
+        return str(Path(QtCore.QSettings().fileName()).parent / "cache")
 
     def settings(self) -> QtCore.QSettings:
         """Slicer's settings: a QSettings in the folder the test fixture chose (never the user's own)."""

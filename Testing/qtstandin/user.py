@@ -8,9 +8,21 @@ from PySide6.QtTest import QTest
 
 
 def click(button: QtWidgets.QAbstractButton) -> None:
+    """A click where a user clicks: a button's middle, a check box's box (a wide check box is not clickable in
+    its middle, past its label)."""
     if not (button.isEnabled() and button.isVisible()):
         raise AssertionError(f"{button.objectName() or button.text()}: cannot be clicked (disabled or hidden)")
-    QTest.mouseClick(button, QtCore.Qt.LeftButton)
+    where = button.rect().center()
+    if isinstance(button, QtWidgets.QCheckBox | QtWidgets.QRadioButton):
+        where = QtCore.QPoint(min(8, where.x()), where.y())
+    QTest.mouseClick(button, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, where)
+
+
+def expand(section: QtWidgets.QWidget) -> None:
+    """Open a collapsed section (a ctkCollapsibleButton), as a click on its title does in Slicer."""
+    if not section.isVisible():
+        raise AssertionError(f"{section.objectName()}: hidden")
+    section.setCollapsed(False)
 
 
 def clickCell(table: QtWidgets.QTableWidget, row: int, column: int, double: bool = False) -> None:
@@ -27,6 +39,17 @@ def choose(combo: QtWidgets.QComboBox, index: int) -> None:
         raise AssertionError(f"{combo.objectName()}: cannot be used (disabled)")
     combo.setCurrentIndex(index)
     combo.activated.emit(index)
+
+
+def typeText(edit: QtWidgets.QLineEdit, text: str, enter: bool = False) -> None:
+    """Type into a line edit (what was there is selected first, so it is replaced), optionally pressing Enter."""
+    if not (edit.isEnabled() and edit.isVisible()):
+        raise AssertionError(f"{edit.objectName()}: cannot be typed into (disabled or hidden)")
+    edit.selectAll()
+    QTest.keyClicks(edit, text)
+    edit.editingFinished.emit()  # offscreen, focus does not leave the field by itself
+    if enter:
+        QTest.keyClick(edit, QtCore.Qt.Key_Return)
 
 
 def pressShortcut(window: QtWidgets.QWidget, sequence: str) -> None:

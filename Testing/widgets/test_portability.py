@@ -40,6 +40,8 @@ def _qt_class(name: str) -> type | None:
 
 
 QT_MODULES = ("qt", "ctk", "slicer")
+# properties every QObject has, whatever the receiver (nothing else in the module's code has these names)
+EVERY_QOBJECT = ("objectName",)
 
 
 def _isName(node: ast.AST, names: tuple[str, ...]) -> bool:
@@ -109,6 +111,13 @@ class _Finder:
                 self.found.append(f"{where} connects '{first.value}' by its string signature: PythonQt only")
         if not isinstance(node, ast.Attribute):
             return
+        parent = self.parents.get(node)
+        if node.attr in EVERY_QOBJECT and isinstance(parent, ast.Call) and parent.func is node:
+            self.found.append(
+                f"{where} calls {ast.unparse(node)}(): '{node.attr}' is a Qt property of every QObject, which "
+                "PythonQt reads as an attribute (use .property())"
+            )
+            return
         for cls in self.classesOf(node.value):
             if cls.staticMetaObject.indexOfProperty(node.attr) < 0:
                 continue
@@ -168,6 +177,9 @@ class Panel:
         self.ui.section.collapsed = True
         self.ui.section.collapsed()
         wait = self.timer.interval
+
+    def name(self, widget):
+        return widget.objectName() + widget.property("objectName")
 """
 
 
@@ -189,6 +201,7 @@ def test_the_check_finds_pythonqt_only_idioms():
         "p.py:17 assigns",
         "p.py:19 calls",
         "p.py:20 reads",
+        "p.py:23 calls",
     ]
 
 

@@ -63,6 +63,9 @@ def test_apply_protocol_draw_and_mark_absent_on_the_sample_ct(
     sample_ct, module_panel, slicer_app, sample_dir, pictures
 ):
     ui, widget = module_panel.widget.ui, module_panel.widget
+    assert ui.protocolCollapsibleButton.collapsed and not ui.applyProtocolButton.isVisible()  # below the queue's
+    user.expand(ui.protocolCollapsibleButton)
+    user.expand(ui.structuresCollapsibleButton)
     protocol = load_protocol(PROTOCOLS / "abdominal-organs.json")
     editor = qmrml.qMRMLSegmentEditorWidget()  # the Segment Editor module's widget, as Slicer exposes it
     slicer.modules.SegmentEditorWidget = types.SimpleNamespace(editor=editor)
@@ -105,14 +108,16 @@ def test_apply_protocol_draw_and_mark_absent_on_the_sample_ct(
 
     ui.structuresTable.clearSelection()
     ui.structuresTable.scrollToTop()
-    path = pictures.save(module_panel.panel, "protocol-panel", size=(460, 900))
+    section = ui.structuresCollapsibleButton
+    path = pictures.save(section, "protocol-tool-structures")
     image = QtGui.QImage(str(path))
-    assert (image.width(), image.height()) == (module_panel.panel.width(), module_panel.panel.height())
+    assert (image.width(), image.height()) == (section.width(), section.height())
     assert has_colour(path, protocol.structure("liver").color)  # the table's colour swatches are in the picture
 
 
 def test_a_broken_protocol_file_is_refused_with_its_problems_named(module_panel, slicer_app, tmp_path):
     ui = module_panel.widget.ui
+    user.expand(ui.protocolCollapsibleButton)
     user.choose(ui.protocolComboBox, protocol_index(ui.protocolComboBox, "lung-nodule"))
     broken = json.loads((PROTOCOLS / "abdominal-organs.json").read_text())
     broken["structures"][0]["color"] = "liver-red"

@@ -29,11 +29,17 @@ def test_every_ui_file_loads_with_a_placeholder_for_each_custom_widget(slicer_ap
         built = getattr(ui, element.get("name"))
         expected = uiloader.PLACEHOLDERS.get(element.get("class")) or getattr(QtWidgets, element.get("class"))
         assert type(built) is expected, element.get("name")
-    # Connections of the .ui are made: a scene given to the top widget reaches the node selectors.
+    # Connections of the .ui are made: a scene given to the top widget reaches each widget connected to it.
+    receivers = [c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot").startswith("setMRML")]
+    assert all(
+        isinstance(getattr(ui, name), uiloader.qmrml.qMRMLWidget | uiloader.qmrml.qMRMLNodeComboBox)
+        for name in receivers
+    )
     if isinstance(widget, uiloader.qmrml.qMRMLWidget):
         widget.setMRMLScene(slicer.mrmlScene)
-        selectors = widget.findChildren(uiloader.qmrml.qMRMLNodeComboBox)
-        assert selectors and all(s.mrmlScene() is slicer.mrmlScene for s in selectors)
+        assert all(getattr(ui, name).mrmlScene() is slicer.mrmlScene for name in receivers)
+    if path.name in ("MedAnnotAssist.ui", "SegmentEditor.ui"):  # the files with scene-bound widgets
+        assert receivers
     widget.deleteLater()
 
 
@@ -61,6 +67,24 @@ def test_a_connection_to_a_missing_slot_is_named(slicer_app, tmp_path):
     path = _crafted_ui(tmp_path, '<item><widget class="qMRMLNodeComboBox" name="selector"/></item>', connection)
     with pytest.raises(uiloader.UiLoadError, match="selector.setScene.*qMRMLNodeComboBox has no slot setScene"):
         uiloader.loadUi(path)
+
+
+def test_a_section_collapsed_in_the_ui_hides_its_contents_until_expanded(slicer_app, tmp_path):
+    section = (
+        '<item><widget class="ctkCollapsibleButton" name="section"><property name="collapsed"><bool>true</bool>'
+        '</property><layout class="QVBoxLayout" name="sectionLayout"><item><widget class="QPushButton" '
+        'name="inside"/></item></layout></widget></item>'
+    )
+    widget = uiloader.loadUi(_crafted_ui(tmp_path, section))
+    ui = uiloader.childWidgetVariables(widget)
+    widget.show()
+    assert ui.section.collapsed and ui.section.isVisible() and not ui.inside.isVisible()
+    with pytest.raises(AssertionError, match="inside: cannot be clicked"):
+        user.click(ui.inside)
+    user.expand(ui.section)
+    assert ui.inside.isVisible()
+    widget.close()
+    widget.deleteLater()
 
 
 def test_assigning_a_qt_property_as_an_attribute_raises_naming_the_setter(slicer_app):

@@ -84,15 +84,20 @@ class Study:
             desk.close()
 
 
-def make_study(queue: Queue, protocol, sample_dir: Path, ai_liver, root: Path, readers: int = 2) -> Study:
+def make_study(
+    queue: Queue, protocol, sample_dir: Path, ai_liver, root: Path, readers: int = 2, names: dict | None = None
+) -> Study:
+    """``names``: the project's, the case's and the users' (keys project, case, a, b, reviewer) instead of
+    unique ones (a user guide's pictures show them; then only once per server)."""
+    names = names or {key: unique(key) for key in ("a", "b", "reviewer")} | {"project": unique("chest")}
     admin = queue.admin
-    body = {"name": unique("chest"), "protocol": protocol.raw, "readers_per_case": readers, "review": True}
+    body = {"name": names["project"], "protocol": protocol.raw, "readers_per_case": readers, "review": True}
     project_id = admin.ok(admin.post("/api/v1/projects", json=body), 201)["id"]
     users = {}
     for role, name in (("annotator", "a"), ("annotator", "b"), ("reviewer", "reviewer")):
-        users[name] = admin.new_user(unique(name))
+        users[name] = admin.new_user(names[name])
         admin.set_roles(project_id, users[name].name, role)
-    case = admin.upload_case(project_id, sample_dir / "example_ct_sm.nii.gz", unique("chest"))
+    case = admin.upload_case(project_id, sample_dir / "example_ct_sm.nii.gz", names.get("case") or unique("chest"))
     with open(ai_liver[0], "rb") as handle:
         answer = admin.put(
             f"/api/v1/projects/{project_id}/cases/{case['id']}/ai-segmentation",

@@ -155,3 +155,45 @@ def test_engines_run_cancel_and_the_confirmation_before_replacing_work(case, bac
     assert session.state("lung_left") == session.state("lung_right") == "suggested"
     history = [e["event"] for e in session.structure("lung_left").history]
     assert history == ["proposed", "accepted", "proposed"]
+
+
+def test_keep_with_a_reason_the_editors_selection_and_the_case_in_3d(case):
+    session, _ = case
+    model = ProtocolModel()
+    model.bind(session)
+    scene = session.context.scene
+
+    # "keep with a reason" is offered where a rule blocks, and one reason covers every rule of the structure
+    left, liver = model.state.row("lung_left"), model.state.row("liver")
+    assert left.actions["override"].enabled and [r.rule for r in left.blocking] == ["required"]
+    assert liver.actions["override"] == Action(False, "no rule blocks it")
+    assert model.override("lung_left", None, REASON)
+    left = model.state.row("lung_left")
+    assert left.blocking == () and left.rules[0].override == REASON
+    assert left.actions["override"] == Action(False, "no rule blocks it")
+    assert not any("Left lung" in problem for problem in model.state.problems)
+
+    # a segment chosen in the Segment Editor selects its structure's row (once)
+    events = []
+    model.subscribe(events.append)
+    assert model.select_segment(session.segmentId("liver")) and model.state.selected == "liver"
+    assert [e.payload for e in events if e.name == "selected"] == [
+        {"structure_id": "liver", "segment_id": session.segmentId("liver")}
+    ]
+    assert not model.select_segment(session.segmentId("liver"))  # already selected: no event back to the editor
+    assert not model.select_segment("not-a-segment") and model.state.selected == "liver"
+
+    # the case image in 3-D with the protocol's preset (lung-nodule's CT-Lung); its nodes leave with the case
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    assert model.state.preset == "CT-Lung" and not model.state.in_3d
+    assert model.show_volume_rendering(True) and model.state.in_3d
+    rendering = session.context.volumeRenderingLogic.GetFirstVolumeRenderingDisplayNode(session.volumeNode)
+    assert rendering.GetVisibility() and rendering.GetVolumePropertyNode().GetName() == "CT-Lung"
+    assert model.show_volume_rendering(False) and not model.state.in_3d and not rendering.GetVisibility()
+    made = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} - before
+    assert made and model.state.actions["volume_rendering"].enabled
+    session.close()
+    left_over = made & {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    assert left_over == set() and not model.state.in_3d
+    assert model.state.actions["volume_rendering"] == Action(False, "no case is open")
+    assert not model.show_volume_rendering(True) and model.message == "3-D: no case is open"

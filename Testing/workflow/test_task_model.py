@@ -161,8 +161,12 @@ def test_skip_with_a_reason_gives_the_next_case_and_records_why(study, sample_di
     second = study.admin.upload_case(study.project_id, sample_dir / "example_ct_sm.nii.gz", unique("chest"))
     desk = study.desk(study.a)
     task = desk.task
+    assert task.state.actions["select_project"].enabled
     first = open_case(desk)
     first_task = task.current.task["id"]
+    # the project stays while a case is in hand (the panel greys its choice out and says why)
+    assert task.state.actions["select_project"].reason == "finish or release the task in hand first"
+    assert not task.select_project(study.project_id) and task.message.startswith("select project: finish")
     assert not task.skip("  ") and task.message == "skip: give a reason (it is recorded with the case)"
     assert task.skip("the image is cut at the diaphragm")
     desk.wait_until(lambda: task.session is not None and task.session is not first, TIMEOUT_S)

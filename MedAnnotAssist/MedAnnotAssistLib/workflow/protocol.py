@@ -4,8 +4,9 @@ protocol is met or each blocking failure has an override reason (and the require
 
 Bound to a ``TaskSession`` (``bind``). Edits seen by the session (the Segment Editor's strokes) make the
 rules run again ``recheck_after_s`` after the last one, in ``poll()``, on the caller's thread: they read the
-masks from the scene. Events besides ``changed``: ``selected`` (``structure_id``, ``segment_id``: the view
-selects that segment in the Segment Editor).
+masks from the scene. The case image can be shown in 3-D with the protocol's volume rendering preset.
+Events besides ``changed``: ``selected`` (``structure_id``, ``segment_id``: the view selects that segment in
+the Segment Editor).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..mrml.rendering import setupVolumeRendering
+from ..mrml.scene import nodeIds, removeNodes
 from ..mrml.task_session import ABSENT, ACCEPTED, DONE, REFINED, REJECTED, SUGGESTED, TaskSession, TaskSessionError
 from ..mrml.task_states import SessionCheck
 from .events import Action, Model, first_off, off, on
+
+DEFAULT_PRESETS = {"CT": "CT-Soft-Tissue", "MR": "MR-Default"}  # when the protocol names no preset
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,15 @@ class ProtocolState:
     checking: bool  # an edit is waiting for the rules to run again
     message: str
     message_is_error: bool
+    preset: str = ""  # the volume rendering preset of the case image (the protocol's)
+    in_3d: bool = False  # the case image is volume-rendered with it
+    actions: Mapping[str, Action] = field(default_factory=dict)
 
     def row(self, structure_id: str) -> StructureRow:
         return next(r for r in self.rows if r.structure_id == structure_id)
 
 
-ROW_ACTIONS = ("accept", "reject", "revert", "done", "absent")
+ROW_ACTIONS = ("accept", "reject", "revert", "done", "absent", "override")
 
 
 class ProtocolModel(Model):
@@ -77,12 +85,17 @@ class ProtocolModel(Model):
         self.check: SessionCheck | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._due: float | None = None
+        self.in_3d = False
+        self._rendering_nodes: set[str] = set()  # made for the 3-D view: they leave with the case
 
     def bind(self, session: TaskSession | None) -> None:
         """Follow ``session`` (None: no case open). The rules run at once."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self.session is not None and self._rendering_nodes:
+            removeNodes(self.session.context.scene, sorted(self._rendering_nodes))
+        self._rendering_nodes, self.in_3d = set(), False
         self.session, self.check, self._due = session, None, None
         if session is not None:
             self._unsubscribe = session.subscribe(self._on_session)
@@ -103,8 +116,20 @@ class ProtocolModel(Model):
     def _build(self) -> ProtocolState:
         session = self.session
         if session is None:
+            none = off("no case is open")
             return ProtocolState(
-                None, "", (), None, off("no case is open"), (), False, self.message, self.message_is_error
+                None,
+                "",
+                (),
+                None,
+                none,
+                (),
+                False,
+                self.message,
+                self.message_is_error,
+                "",
+                False,
+                {"volume_rendering": none},
             )
         rows = tuple(self._row(state) for state in session.structures)
         problems = tuple(self._problems())
@@ -120,7 +145,17 @@ class ProtocolModel(Model):
             self._due is not None,
             self.message,
             self.message_is_error,
+            self.preset(),
+            self.in_3d,
+            {"volume_rendering": on()},
         )
+
+    def preset(self) -> str:
+        """The volume rendering preset of the open case: the protocol's, else a default for its modality."""
+        if self.session is None:
+            return ""
+        protocol = self.session.protocol
+        return protocol.volume_rendering or DEFAULT_PRESETS.get(protocol.modality, DEFAULT_PRESETS["CT"])
 
     def _reason(self, structure_id: str, rule: str) -> str | None:
         given = {(o["structure"], o.get("rule")): o["reason"] for o in self.session.overrides}
@@ -163,7 +198,8 @@ class ProtocolModel(Model):
             checked.voxels if checked else 0,
             round(checked.volume_ml, 2) if checked else 0.0,
             int(times.structure_s(structure.id)),
-            self._row_actions(state, structure),
+            self._row_actions(state, structure)
+            | {"override": first_off((not any(r.blocks and not r.override for r in rules), "no rule blocks it"))},
         )
 
     @staticmethod
@@ -230,6 +266,20 @@ class ProtocolModel(Model):
         self.emit("selected", structure_id=structure_id, segment_id=segment)
         return True
 
+    def select_segment(self, segment_id: str | None) -> bool:
+        """The Segment Editor selected a segment: its structure becomes the selected row (time goes to it). A
+        segment of no structure, or the one already selected, changes nothing."""
+        if self.session is None or not segment_id:
+            return False
+        for structure in self.session.protocol.structures:
+            try:
+                found = self.session.segmentId(structure.id)
+            except TaskSessionError:
+                continue  # a structure without a segment
+            if found == segment_id:
+                return structure.id != self.session.selected and self.select(structure.id)
+        return False
+
     def _step(self, offset: int) -> bool:
         if self.session is None:
             return self._do("select", lambda: None)
@@ -280,6 +330,23 @@ class ProtocolModel(Model):
 
     def clear_override(self, structure_id: str, rule: str | None = None) -> bool:
         return self._do("override", lambda: self.session.clearOverride(structure_id, rule))
+
+    def show_volume_rendering(self, visible: bool = True) -> bool:
+        """The case image in the 3-D view with the protocol's volume rendering preset (or hidden)."""
+        if self.session is None:
+            return self._refused("3-D: no case is open")
+        session, preset = self.session, self.preset()
+        before = nodeIds(session.context.scene)
+        try:
+            setupVolumeRendering(session.context, session.volumeNode, preset=preset, visible=visible)
+        except (RuntimeError, ValueError) as error:  # no volume rendering here, or a preset Slicer lacks
+            return self._refused(f"3-D: {error}")
+        finally:
+            self._rendering_nodes |= nodeIds(session.context.scene) - before
+        self.in_3d = bool(visible)
+        self.tell("")
+        self.refresh()
+        return True
 
     def check_now(self) -> None:
         """Run the protocol's rules on the scene now (what ``poll`` does after edits)."""

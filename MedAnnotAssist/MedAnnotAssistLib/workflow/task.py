@@ -205,11 +205,7 @@ class TaskModel(Model):
 
     def select_project(self, project_id: int) -> bool:
         """Choose a project: its frozen protocol is fetched (the panels are built from it)."""
-        if self.connection != CONNECTED:
-            self._fail("choose a project: connect to the server first")
-            return False
-        if self.current is not None:
-            self._fail("choose a project: finish or release the task in hand first")
+        if self._refuse("select_project"):
             return False
         client = self.client
 

@@ -19,6 +19,7 @@ NO_LEASE, HELD, LEASE_OFFLINE, LOST, RELEASED = "none", "held", "offline", "lost
 TASK_ACTIONS = (
     "connect",
     "disconnect",
+    "select_project",
     "next_task",
     "submit",
     "release",
@@ -208,6 +209,10 @@ def task_actions(model) -> dict[str, Action]:
         "disconnect": first_off(
             (model.connection == DISCONNECTED, "not connected"),
             (current is not None, "finish or release the task first"),
+        ),
+        "select_project": first_off(
+            (not connected, "connect to the server first"),
+            (current is not None, "finish or release the task in hand first"),
         ),
         "next_task": first_off(
             (not connected, "connect to the server first"),
