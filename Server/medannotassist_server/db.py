@@ -93,19 +93,23 @@ class Database:
         try:
             with self._write() as session, session.begin():
                 yield session
-                head = audit.write_pending(session, self.chain)
+                heads = audit.write_pending(session, self.chain)
         except PoolTimeoutError:
-            # SQLite's writers' queue did not move for as long as the busy timeout: 503, as a busy database
-            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")) from None
-        if head is not None:
+            raise busy() from None
+        if heads:
             # committed: only now may a checkpoint say these rows exist
-            self.chain.committed(*head)
+            self.chain.committed(heads)
 
     def dispose(self) -> None:
         if self.chain is not None:
             self.chain.flush()
         self.engine.dispose()
         self._write_engine.dispose()
+
+
+def busy() -> OperationalError:
+    """SQLite's writers' queue did not move for as long as the busy timeout: 503, as a busy database."""
+    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
 
 
 def alembic_config(url: str):
