@@ -13,6 +13,7 @@ from . import __version__, audit, docs_pages, errors, worker
 from .access_log import uvicorn_log_config
 from .blobs import BlobStore
 from .db import Database, migrate
+from .group_commit import GroupCommit
 from .jsonlimits import JsonBodyLimits
 from .routes import cases, jobs, projects, system, tasks
 from .services import Services
@@ -27,8 +28,11 @@ tasks with leases, review, an audit chain and exports. Every endpoint except `/a
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
-    async with worker.lifespan(app):  # this process's consensus job threads
-        yield
+    try:
+        async with worker.lifespan(app):  # this process's consensus job threads
+            yield
+    finally:
+        app.state.writer.close()  # answers what is queued; relaxed commits made durable
     # on shutdown, after the job threads stopped: the newest rows this process committed get their checkpoint
     chain = app.state.services.database.chain
     if chain is not None:
@@ -49,6 +53,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     )
     docs_pages.install(app)
     app.state.services = Services(settings, database, blobs)
+    app.state.writer = GroupCommit(database, settings.durability, settings.batch_max, settings.batch_wait_ms)
     errors.install(app)
     app.add_middleware(JsonBodyLimits)  # inside the upload limit: that one counts the bytes first
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)

@@ -75,7 +75,9 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = make_engine(url, writers=True) if self.is_sqlite else self.engine
-        self._write = sessionmaker(self._write_engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+        # connections whose transactions begin IMMEDIATE on SQLite (one per process: see ``make_engine``)
+        self.write_engine = self._write_engine.execution_options(sqlite_immediate=True)
+        self._write = sessionmaker(self.write_engine, expire_on_commit=False)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -1,0 +1,363 @@
+"""Group commit: one writer thread per server process commits the claims, heartbeats and releases waiting at
+that moment in one transaction, with one audit append per event (chained in the order they came) and one
+commit, so one fsync serves a whole batch instead of one request. Each request is answered only after its
+batch committed; an operation that refuses (a lost lease, a missing role) changed nothing and the others
+commit. A batch that fails otherwise is rolled back and its operations run again one per transaction, so
+one bad operation fails alone; a commit whose outcome is unknown (the database went away during it) is
+answered 503 to all, never acknowledged.
+
+Tokens and roles are looked up in the batch's transaction, or taken from ``AccessCache`` while the auth
+epoch read in that same transaction is unchanged: a revocation or role change committed before a batch
+begins is seen by it, in every process.
+
+Durability (``--durability``): ``full`` (the default) commits every batch durably (SQLite
+``synchronous=FULL``; PostgreSQL's synchronous commit). ``relaxed`` commits lease batches without waiting
+for the disk; a durable barrier follows within ``SYNC_S`` (and before any audit checkpoint names their
+rows), and any durable commit after them (a submission) makes them durable too, as both databases write
+their log in order. A power loss can then lose the lease grants, heartbeats and releases of the last
+fraction of a second, never a submission or a decision: a lost grant's lease id is unknown afterwards, so
+its client is told ``lease_lost``.
+
+Threads of the server live here, in ``worker`` and in ``audit_keys``. The event loop never blocks on the
+database for these requests: it queues the operation and awaits its future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from . import audit, claims
+from .auth import _ACCESS, _PROJECT_EXISTS, AccessCache, ProjectAccess, access_of, checked
+from .db import Database, busy
+from .driver_sql import Statements, read_time
+from .errors import ApiError
+
+log = logging.getLogger("medannotassist_server")
+
+DURABILITY = ("full", "relaxed")
+MAX_BATCH = 256
+MAX_WAIT_S = 0.002
+SYNC_S = 0.5  # relaxed: the longest a committed lease change waits for its durable barrier
+# tests only: seconds a batch waits between its statements and its commit (a SIGKILL then lands inside one)
+TEST_DELAY_ENV = "MEDANNOT_TEST_COMMIT_DELAY_S"
+_EPOCH = text("SELECT epoch FROM auth_epoch WHERE id = 1")
+_BARRIER = text("UPDATE auth_epoch SET epoch = epoch WHERE id = 1")
+_STOP = object()
+
+
+class CommitUnknownError(Exception):
+    """The commit was sent but its outcome is unknown: nothing of the batch may be acknowledged."""
+
+
+@dataclass(eq=False)
+class Op:
+    """One request for the writer: ``name`` (claim, heartbeat, release), the caller's token hash and project,
+    the arguments, and a request error found before authentication (raised after it, as FastAPI orders them)."""
+
+    name: str
+    token_hash: str
+    project_id: int
+    args: tuple
+    invalid: Exception | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future | None = None
+    done: threading.Event | None = None
+    outcome: object = None
+    failed: bool = False
+    access: ProjectAccess | ApiError | None = field(default=None, repr=False)
+
+
+class Tx:
+    """A writer transaction as ``claims`` sees it: driver statements on one cursor, and its audit events."""
+
+    __slots__ = ("cursor", "postgres", "events", "statements")
+
+    def __init__(self, cursor, postgres: bool, statements: Statements):
+        self.cursor, self.postgres, self.statements = cursor, postgres, statements
+        self.events: list[tuple] = []
+
+    def run(self, statement, params: dict):
+        return self.statements(statement).execute(self.cursor, params)
+
+    def record(self, event: tuple) -> None:
+        self.events.append(event)
+
+
+class GroupCommit:
+    """The writer of one process. ``await call(op)`` from the event loop, ``call_sync(op)`` from a thread."""
+
+    def __init__(self, database: Database, durability: str = "full", max_batch: int = 64, wait_ms: float = 0.5):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
+        self.database = database
+        self.relaxed = durability == "relaxed"
+        self.max_batch = max(1, min(max_batch, MAX_BATCH))
+        self.wait_s = max(0.0, min(wait_ms / 1000, MAX_WAIT_S))
+        self.cache = AccessCache()
+        self.statements = Statements(database.engine.dialect)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._held = None  # PostgreSQL: the writer keeps its connection between batches
+        self._unsynced: dict[int, audit.Head] = {}  # relaxed: heads committed but not yet known durable
+        self._unsynced_since = 0.0
+        self._last_batch = 0
+        self._test_delay_s = float(os.environ.get(TEST_DELAY_ENV) or 0)
+
+    # --- the callers' side -----------------------------------------------------------------------------
+
+    async def call(self, op: Op):
+        loop = asyncio.get_running_loop()
+        op.loop, op.future = loop, loop.create_future()
+        self._put(op)
+        return await op.future
+
+    def call_sync(self, op: Op):
+        op.done = threading.Event()
+        self._put(op)
+        op.done.wait()
+        if op.failed:
+            raise op.outcome
+        return op.outcome
+
+    def _put(self, op: Op) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name="medannot-group-commit", daemon=True)
+                    self._thread.start()
+        self._queue.put(op)
+
+    def close(self) -> None:
+        """Answer what is queued, make relaxed commits durable, and stop the thread."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(30)
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    # --- the writer thread ------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=SYNC_S / 2 if self._unsynced else None)
+            except queue.Empty:
+                self._sync_if_due()
+                continue
+            batch, stop = self._gather(first)
+            if batch:
+                self._run(batch)
+            self._sync_if_due()
+            if stop:
+                self._sync(force=True)
+                return
+
+    def _gather(self, first) -> tuple[list[Op], bool]:
+        """The operations waiting now (up to ``max_batch``); under load (the last batch had company) wait up
+        to ``wait_s`` for more."""
+        if first is _STOP:
+            return [], True
+        batch, deadline = [first], None
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if self.wait_s <= 0 or self._last_batch < 2:
+                    break
+                deadline = deadline or time.monotonic() + self.wait_s
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self, batch: list[Op]) -> None:
+        self._last_batch = len(batch)
+        try:
+            self._transaction(batch)
+        except CommitUnknownError as error:
+            log.error("a group commit of %d operations failed during the commit: %s", len(batch), error.__cause__)
+            cause = error.__cause__ if isinstance(error.__cause__, OperationalError) else busy()
+            self._settle(batch, [(cause, True)] * len(batch))
+            return
+        except Exception as error:  # before the commit: nothing of it was written
+            if len(batch) == 1:
+                self._settle(batch, [(error, True)])
+                return
+            log.warning("a group commit of %d operations failed (%s); running them one by one", len(batch), error)
+            for op in batch:
+                self._run([op])
+
+    def _connection(self):
+        if not self.database.is_sqlite:
+            if self._held is None:
+                self._held = self.database.engine.connect()
+            return self._held
+        # SQLite: the process's one write connection, shared in turn with every other writer of the process
+        try:
+            return self.database.write_engine.connect()
+        except PoolTimeoutError:
+            raise busy() from None
+
+    def _transaction(self, batch: list[Op]) -> None:
+        connection = self._connection()
+        sqlite = self.database.is_sqlite
+        raw = connection.connection.driver_connection
+        try:
+            if sqlite and self.relaxed:
+                raw.execute("PRAGMA synchronous=NORMAL")
+            transaction = connection.begin()
+            tx = Tx(raw.cursor(), not sqlite, self.statements)
+            try:
+                outcomes = self._apply(tx, batch)
+                heads = audit.append(connection, self.database.chain, tx.events)
+            except BaseException:
+                transaction.rollback()
+                raise
+            if self._test_delay_s:
+                time.sleep(self._test_delay_s)
+            try:
+                transaction.commit()
+            except Exception as error:
+                raise CommitUnknownError(str(error)) from error
+        except Exception:
+            if not sqlite and self._held is not None:
+                self._held.invalidate()
+                self._held.close()
+                self._held = None
+            raise
+        finally:
+            if sqlite:
+                if self.relaxed:
+                    raw.execute("PRAGMA synchronous=FULL")
+                connection.close()
+        if heads:
+            if self.relaxed:
+                self._unsynced_since = self._unsynced_since if self._unsynced else time.monotonic()
+                self._unsynced.update({head.chain: head for head in heads})
+            else:
+                self.database.chain.committed(heads)
+        self._settle(batch, outcomes)
+
+    def _apply(self, tx: Tx, batch: list[Op]) -> list[tuple[object, bool]]:
+        if self.relaxed and tx.postgres:
+            tx.cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        row = tx.cursor.execute(str(_EPOCH)).fetchone()
+        self.cache.sync(row[0] if row is not None else None)
+        now = time.monotonic()
+        for op in batch:
+            try:
+                op.access = self._access(tx, op, now)
+            except ApiError as refused:
+                op.access = refused
+        if tx.postgres:  # one reader's claims one at a time, across replicas; in id order, so never in a circle
+            claimers = {op.access.caller.id for op in batch if op.name == "claim" and not _refused(op)}
+            for user_id in sorted(claimers):
+                tx.run(claims.ADVISORY, {"a": claims.CLAIM_LOCK_KEY, "b": user_id})
+        outcomes = []
+        for op in batch:
+            if _refused(op) or op.invalid is not None:
+                outcomes.append((op.access if _refused(op) else op.invalid, True))
+                continue
+            try:
+                outcomes.append((_OPERATIONS[op.name](tx, op), False))
+            except ApiError as refused:  # a refusal changes nothing: the batch goes on
+                outcomes.append((refused, True))
+        return outcomes
+
+    def _access(self, tx: Tx, op: Op, now: float) -> ProjectAccess:
+        key = (op.token_hash, op.project_id)
+        found = self.cache.get(key, now)
+        if found is None:
+            params = {"token_hash": op.token_hash, "project_id": op.project_id}
+            rows = [(*r[:2], read_time(r[2]), *r[3:]) for r in tx.run(_ACCESS, params).fetchall()]
+            found = access_of(rows, op.project_id, lambda: tx.run(_PROJECT_EXISTS, params).fetchone() is not None)
+            self.cache.put(key, now, found)
+        return checked(*found)
+
+    def _settle(self, batch: list[Op], outcomes: list[tuple[object, bool]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Op]] = {}
+        for op, (outcome, failed) in zip(batch, outcomes, strict=True):
+            op.outcome, op.failed, op.access = outcome, failed, None
+            if op.done is not None:
+                op.done.set()
+            else:
+                by_loop.setdefault(op.loop, []).append(op)
+        for loop, ops in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these answers any more
+                loop.call_soon_threadsafe(_resolve, ops)
+
+    # --- relaxed durability -------------------------------------------------------------------------------
+
+    def _sync_if_due(self) -> None:
+        if self._unsynced and time.monotonic() - self._unsynced_since >= SYNC_S:
+            self._sync()
+
+    def _sync(self, force: bool = False) -> None:
+        """A durable commit after the relaxed ones: both databases write their log in order, so it makes
+        every earlier commit durable; only then may a checkpoint name their rows."""
+        if not self._unsynced or not (force or self.relaxed):
+            return
+        try:
+            with self.database.writing() as session:
+                session.execute(_BARRIER)
+        except Exception as error:  # retried at the next batch or wake-up; the checkpoints wait meanwhile
+            log.warning("durable barrier after relaxed commits failed: %s", error)
+            return
+        heads, self._unsynced = list(self._unsynced.values()), {}
+        self.database.chain.committed(heads)
+
+
+def _refused(op: Op) -> bool:
+    return isinstance(op.access, ApiError)
+
+
+def _resolve(ops: list[Op]) -> None:
+    for op in ops:
+        if op.future.done():  # the request was cancelled (its client went away)
+            continue
+        if op.failed:
+            op.future.set_exception(op.outcome)
+        else:
+            op.future.set_result(op.outcome)
+
+
+def _claim(tx: Tx, op: Op):
+    kind, lease_seconds = op.args
+    access = op.access
+    kinds = claims.claim_kinds(access, kind)
+    return {"task": claims.claim(tx, access.caller, op.project_id, kinds, lease_seconds)}
+
+
+def _heartbeat(tx: Tx, op: Op):
+    task_id, lease_id, lease_seconds = op.args
+    return claims.heartbeat(tx, op.access.caller, op.project_id, task_id, lease_id, lease_seconds)
+
+
+def _release(tx: Tx, op: Op):
+    task_id, lease_id = op.args
+    return claims.release(tx, op.access.caller, op.project_id, task_id, lease_id)
+
+
+_OPERATIONS = {"claim": _claim, "heartbeat": _heartbeat, "release": _release}
