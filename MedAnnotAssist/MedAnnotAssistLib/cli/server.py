@@ -148,6 +148,12 @@ def add_commands(commands) -> None:
         "--job-threads", type=int, help="consensus job threads per process (default 1; 0: `medannot worker` runs them)"
     )
     _dask_option(serve)
+    serve.add_argument(
+        "--durability",
+        choices=["full", "relaxed"],
+        help="full (default): every commit fsynced; relaxed: a power loss may take the last fraction of a second of "
+        "lease grants, heartbeats and releases (never a submission or a decision)",
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 
@@ -198,7 +204,7 @@ def add_commands(commands) -> None:
 
     export = actions.add_parser(
         "export-audit-checkpoint",
-        help="verify the audit chains, then sign a checkpoint of each head and print them (JSON lines) to keep elsewhere",
+        help="verify the audit chains, then sign a checkpoint of each head and print them (JSON lines) to keep",
     )
     export.add_argument("--anchor", action="append", type=Path, default=[], metavar="FILE", help="as for verify-audit")
     _database_options(export)
