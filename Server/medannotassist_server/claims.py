@@ -28,7 +28,8 @@ import uuid
 from datetime import timedelta
 from functools import cache
 
-from sqlalchemy import and_, bindparam, or_, select, text, update
+from sqlalchemy import Integer, and_, bindparam, or_, select, union_all, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 
 from . import audit
@@ -39,7 +40,6 @@ from .errors import ApiError, not_found
 from .models import ANNOTATE, ANNOTATOR, LEASED, QUEUED, REVIEW, REVIEWER, SUBMITTED, CaseReader, Task, utcnow
 
 CLAIM_LOCK_KEY = 7_420_002
-ADVISORY = text("SELECT pg_advisory_xact_lock(:a, :b)")
 
 
 VIEW_FIELDS = (
@@ -130,19 +130,18 @@ def _candidate(kind: str, expired: bool, postgres: bool):
     return query.with_for_update(skip_locked=True, of=Task) if postgres else query
 
 
+_FREE_NOW = or_(Task.state == QUEUED, and_(Task.state == LEASED, Task.lease_expires_at < bindparam("now")))
+_LEASE = {
+    "state": LEASED,
+    "lease_id": bindparam("lease_id"),
+    "holder_id": bindparam("user_id"),
+    "lease_expires_at": bindparam("expires"),
+    "claimed_at": bindparam("now"),
+}
 _TAKE = (
     update(Task)
-    .where(
-        Task.id == bindparam("task_id"),
-        or_(Task.state == QUEUED, and_(Task.state == LEASED, Task.lease_expires_at < bindparam("now"))),
-    )
-    .values(
-        state=LEASED,
-        lease_id=bindparam("lease_id"),
-        holder_id=bindparam("user_id"),
-        lease_expires_at=bindparam("expires"),
-        claimed_at=bindparam("now"),
-    )
+    .where(Task.id == bindparam("task_id"), _FREE_NOW)
+    .values(**_LEASE)
     .returning(*(getattr(Task, name) for name in VIEW_FIELDS))
 )
 
@@ -160,25 +159,64 @@ def _best(tx, kinds: list[str], params: dict):
     return min(found, key=lambda item: item[0])[1] if found else None
 
 
+@cache
+def _claim_at_once(kinds: tuple[str, ...]):
+    """PostgreSQL: a claim in one statement (one round trip instead of four): each candidate locked ``SKIP
+    LOCKED`` in a CTE, the best of them taken, and its reader recorded, returning the task as ``_TAKE``
+    does followed by its state and holder before."""
+    candidates = [
+        _candidate(kind, expired, True).cte(f"free_{kind}_{int(expired)}")
+        for kind in kinds
+        for expired in (False, True)
+    ]
+    free = union_all(*(select(candidate) for candidate in candidates)).subquery("free")
+    best = select(free).order_by(free.c.priority.desc(), free.c.created_at, free.c.id).limit(1).cte("best")
+    taken = (
+        update(Task)
+        .where(Task.id == best.c.id, _FREE_NOW)
+        .values(**_LEASE)
+        .returning(*(getattr(Task, name) for name in VIEW_FIELDS), best.c.state.label("was"), best.c.holder_id)
+        .cte("taken")
+    )
+    read = (
+        postgresql.insert(CaseReader)
+        .from_select(
+            ["user_id", "case_id"],
+            select(bindparam("user_id", type_=Integer), taken.c.case_id).where(taken.c.kind == ANNOTATE),
+        )
+        .on_conflict_do_nothing()
+        .cte("read")
+    )
+    return select(*(taken.c[name] for name in VIEW_FIELDS), taken.c.was, taken.c.holder_id).add_cte(read)
+
+
 def claim(tx, caller: Caller, project_id: int, kinds: list[str], lease_seconds: float) -> dict | None:
     """Lease the next task for ``caller`` in the writer's transaction; None when nothing is free for them.
     On PostgreSQL the writer holds the caller's advisory lock already."""
     now = utcnow()
     params = {"project_id": project_id, "user_id": caller.id, "now": now}
     expires = now + timedelta(seconds=lease_seconds)
-    for _attempt in range(8):
-        candidate = _best(tx, kinds, params)
-        if candidate is None:
+    if tx.postgres:
+        # the candidates are locked: the take cannot miss, and no row means nothing is free
+        row = tx.run(_claim_at_once(tuple(kinds)), {**params, "lease_id": uuid.uuid4().hex, "expires": expires})
+        row = row.fetchone()
+        if row is None:
             return None
-        values = tx.run(_TAKE, {**params, "task_id": candidate[0], "lease_id": uuid.uuid4().hex, "expires": expires})
-        taken = values.fetchone()
-        if taken is not None:
-            break
+        taken, candidate = _Row(row[: len(VIEW_FIELDS)]), (None, None, None, *row[len(VIEW_FIELDS) :])
     else:
-        return None
-    taken = _Row(taken)
-    if taken.kind == ANNOTATE:
-        tx.run(record_reader(tx.postgres), {"user_id": caller.id, "case_id": taken.case_id})
+        for _attempt in range(8):
+            candidate = _best(tx, kinds, params)
+            if candidate is None:
+                return None
+            lease = {"task_id": candidate[0], "lease_id": uuid.uuid4().hex, "expires": expires}
+            taken = tx.run(_TAKE, {**params, **lease}).fetchone()
+            if taken is not None:
+                break
+        else:
+            return None
+        taken = _Row(taken)
+        if taken.kind == ANNOTATE:
+            tx.run(record_reader(False), {"user_id": caller.id, "case_id": taken.case_id})
     tx.record(
         audit.event(
             caller.name,

@@ -53,6 +53,8 @@ SYNC_S = 0.5  # relaxed: the longest a committed lease change waits for its dura
 TEST_DELAY_ENV = "MEDANNOT_TEST_COMMIT_DELAY_S"
 _EPOCH = text("SELECT epoch FROM auth_epoch WHERE id = 1")
 _BARRIER = text("UPDATE auth_epoch SET epoch = epoch WHERE id = 1")
+# one statement for a batch's claimers: unnest returns them, and the locks are taken, in the array's order
+_ADVISORY = "SELECT pg_advisory_xact_lock(%s, u) FROM unnest(%s::integer[]) AS u"
 _STOP = object()
 
 
@@ -272,9 +274,9 @@ class GroupCommit:
             except ApiError as refused:
                 op.access = refused
         if tx.postgres:  # one reader's claims one at a time, across replicas; in id order, so never in a circle
-            claimers = {op.access.caller.id for op in batch if op.name == "claim" and not _refused(op)}
-            for user_id in sorted(claimers):
-                tx.run(claims.ADVISORY, {"a": claims.CLAIM_LOCK_KEY, "b": user_id})
+            claimers = sorted({op.access.caller.id for op in batch if op.name == "claim" and not _refused(op)})
+            if claimers:
+                tx.cursor.execute(_ADVISORY, (claims.CLAIM_LOCK_KEY, claimers)).fetchall()
         outcomes = []
         for op in batch:
             if _refused(op) or op.invalid is not None:
