@@ -56,8 +56,8 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     docs_pages.install(app)
-    app.state.services = Services(settings, database, blobs)
     app.state.writer = GroupCommit(database, settings.durability, settings.batch_max, settings.batch_wait_ms)
+    app.state.services = Services(settings, database, blobs, app.state.writer)
     errors.install(app)
     app.add_middleware(JsonBodyLimits)  # inside the upload limit: that one counts the bytes first
     app.add_middleware(errors.UploadLimit, limit=settings.max_upload_bytes)

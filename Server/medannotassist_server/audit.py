@@ -33,7 +33,7 @@ from .models import AuditEvent, AuditHead, AuditProjectHead
 __all__ = ["GENESIS", "AuditChain", "AuditVerdict", "Checkpoint", "canonical", "hashed_text", "unkeyed_row_hash"]
 
 SERVER_CHAIN = 0
-_PENDING = "audit_pending"
+PENDING = "audit_pending"  # the session.info key of the events ``record`` queued
 
 
 def record(
@@ -47,7 +47,7 @@ def record(
     project_id: int | None = None,
 ) -> None:
     """Queue an event; it is written when the surrounding ``Database.writing()`` block commits."""
-    session.info.setdefault(_PENDING, []).append(event(actor, action, entity, entity_id, before, after, project_id))
+    session.info.setdefault(PENDING, []).append(event(actor, action, entity, entity_id, before, after, project_id))
 
 
 def event(actor: str, action: str, entity: str, entity_id, before, after, project_id: int | None) -> tuple:
@@ -148,7 +148,7 @@ def append(connection: Connection, chain: AuditChain | None, pending: list[tuple
 
 def write_pending(session: Session, chain: AuditChain | None) -> list[Head]:
     """Append the events ``record`` queued in this session (at the end of every write transaction)."""
-    return append(session.connection(), chain, session.info.pop(_PENDING, []))
+    return append(session.connection(), chain, session.info.pop(PENDING, []))
 
 
 def bind_key(database) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
 
 from . import audit, claims
 from .auth import _ACCESS, _PROJECT_EXISTS, AccessCache, ProjectAccess, access_of, checked
@@ -81,12 +82,13 @@ class Op:
 
 
 class Tx:
-    """A writer transaction as ``claims`` sees it: driver statements on one cursor, and its audit events."""
+    """A writer transaction as ``claims`` sees it: driver statements on one cursor, and its audit events
+    (``connection``: the same transaction for SQLAlchemy, for steps run in a session)."""
 
-    __slots__ = ("cursor", "postgres", "events", "statements")
+    __slots__ = ("connection", "cursor", "postgres", "events", "statements")
 
-    def __init__(self, cursor, postgres: bool, statements: Statements):
-        self.cursor, self.postgres, self.statements = cursor, postgres, statements
+    def __init__(self, connection, cursor, postgres: bool, statements: Statements):
+        self.connection, self.cursor, self.postgres, self.statements = connection, cursor, postgres, statements
         self.events: list[tuple] = []
 
     def run(self, statement, params: dict):
@@ -124,6 +126,12 @@ class GroupCommit:
         op.loop, op.future = loop, loop.create_future()
         self._put(op)
         return await op.future
+
+    def write(self, step):
+        """Run ``step(session)`` in the next batch's transaction (in a savepoint of its own, so its failure
+        undoes only its own writes) and return its result once the batch committed; ``record``ed audit
+        events are appended with the batch's. From a thread, never the event loop."""
+        return self.call_sync(Op("session", None, 0, (step,)))
 
     def call_sync(self, op: Op):
         op.done = threading.Event()
@@ -226,13 +234,15 @@ class GroupCommit:
         connection = self._connection()
         sqlite = self.database.is_sqlite
         raw = connection.connection.driver_connection
+        # a session step (a submission) is durable whatever the setting: its batch, and what came before it
+        relaxed = self.relaxed and all(op.name != "session" for op in batch)
         try:
-            if sqlite and self.relaxed:
+            if sqlite and relaxed:
                 raw.execute("PRAGMA synchronous=NORMAL")
             transaction = connection.begin()
-            tx = Tx(raw.cursor(), not sqlite, self.statements)
+            tx = Tx(connection, raw.cursor(), not sqlite, self.statements)
             try:
-                outcomes = self._apply(tx, batch)
+                outcomes = self._apply(tx, batch, relaxed)
                 heads = audit.append(connection, self.database.chain, tx.events)
             except BaseException:
                 transaction.rollback()
@@ -251,24 +261,28 @@ class GroupCommit:
             raise
         finally:
             if sqlite:
-                if self.relaxed:
+                if relaxed:
                     raw.execute("PRAGMA synchronous=FULL")
                 connection.close()
-        if heads:
-            if self.relaxed:
-                self._unsynced_since = self._unsynced_since if self._unsynced else time.monotonic()
-                self._unsynced.update({head.chain: head for head in heads})
-            else:
+        if relaxed:
+            self._unsynced_since = self._unsynced_since if self._unsynced else time.monotonic()
+            self._unsynced.update({head.chain: head for head in heads})
+        else:  # durable, and so is every commit before it
+            earlier, self._unsynced = self._unsynced, {}
+            heads = list((earlier | {head.chain: head for head in heads}).values())
+            if heads:
                 self.database.chain.committed(heads)
         self._settle(batch, outcomes)
 
-    def _apply(self, tx: Tx, batch: list[Op]) -> list[tuple[object, bool]]:
-        if self.relaxed and tx.postgres:
+    def _apply(self, tx: Tx, batch: list[Op], relaxed: bool) -> list[tuple[object, bool]]:
+        if relaxed and tx.postgres:
             tx.cursor.execute("SET LOCAL synchronous_commit TO OFF")
         row = tx.cursor.execute(str(_EPOCH)).fetchone()
         self.cache.sync(row[0] if row is not None else None)
         now = time.monotonic()
         for op in batch:
+            if op.token_hash is None:
+                continue  # a session step: its request was authenticated by its endpoint
             try:
                 op.access = self._access(tx, op, now)
             except ApiError as refused:
@@ -286,6 +300,8 @@ class GroupCommit:
                 outcomes.append((_OPERATIONS[op.name](tx, op), False))
             except ApiError as refused:  # a refusal changes nothing: the batch goes on
                 outcomes.append((refused, True))
+            except _StepFailedError as failed:  # rolled back to its savepoint: the batch goes on
+                outcomes.append((failed.__cause__, True))
         return outcomes
 
     def _access(self, tx: Tx, op: Op, now: float) -> ProjectAccess:
@@ -362,4 +378,28 @@ def _release(tx: Tx, op: Op):
     return claims.release(tx, op.access.caller, op.project_id, task_id, lease_id)
 
 
-_OPERATIONS = {"claim": _claim, "heartbeat": _heartbeat, "release": _release}
+class _StepFailedError(Exception):
+    """A session step failed and its savepoint was rolled back (its cause goes to its caller)."""
+
+
+def _session(tx: Tx, op: Op):
+    (step,) = op.args
+    session = Session(bind=tx.connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        try:
+            with session.begin():
+                result = step(session)
+                events = session.info.pop(audit.PENDING, [])
+        except ApiError:
+            raise
+        except Exception as error:
+            if not tx.connection.in_transaction():
+                raise  # the transaction itself is gone: the batch fails
+            raise _StepFailedError from error
+    finally:
+        session.close()
+    tx.events.extend(events)
+    return result
+
+
+_OPERATIONS = {"claim": _claim, "heartbeat": _heartbeat, "release": _release, "session": _session}

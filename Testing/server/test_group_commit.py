@@ -124,6 +124,33 @@ def test_a_failing_operation_fails_alone(site, monkeypatch):
     assert _verify(site).ok
 
 
+def test_a_session_step_commits_with_the_batch_and_fails_alone(site):
+    """A step in a session (what a submission records) runs in the batch's transaction in a savepoint of
+    its own: its writes and audit events commit with the batch, or, when it fails, only its own are undone."""
+    writer = GroupCommit(site.database)
+
+    def comment(text_: str, fail: bool = False):
+        def step(session):
+            session.execute(text("UPDATE tasks SET comment = :c WHERE id = (SELECT MIN(id) FROM tasks)"), {"c": text_})
+            audit.record(session, "ann", "task.comment", "task", 1, None, {"comment": text_}, site.project)
+            if fail:
+                raise RuntimeError("the step failed after writing")
+            return text_
+
+        return Op("session", None, 0, (step,))
+
+    ops = [_claim(site), comment("kept"), comment("undone", fail=True), _claim(site, user=1)]
+    _run(writer, ops)
+    assert [op.failed for op in ops] == [False, False, True, False]
+    assert str(ops[2].outcome) == "the step failed after writing" and ops[1].outcome == "kept"
+    with site.database.reading() as session:
+        assert session.execute(select(Task.comment).where(Task.comment.is_not(None))).scalars().all() == ["kept"]
+        query = text("SELECT action FROM audit_events WHERE chain = :p ORDER BY seq")
+        actions = [row[0] for row in session.execute(query, {"p": site.project})]
+    assert actions == ["task.claim", "task.comment", "task.claim"]
+    assert _verify(site).ok
+
+
 def test_a_failed_commit_is_never_acknowledged(site, monkeypatch):
     writer = GroupCommit(site.database)
     from sqlalchemy.engine import RootTransaction
@@ -182,6 +209,16 @@ def test_relaxed_durability_keeps_other_writes_durable_and_checkpoints_only_dura
     writer.call_sync(_claim(site))
     writer.close()  # shutdown: the barrier comes first, then the checkpoint
     assert _checkpointed(site) == {1, 2}
+    # a session step (a submission) is durable: its batch checkpoints at once, earlier relaxed rows with it
+    writer = GroupCommit(site.database, durability="relaxed")
+    writer.call_sync(_claim(site))
+
+    def step(session):
+        audit.record(session, "ann", "task.comment", "task", 1, None, {}, site.project)
+
+    writer.write(step)
+    assert _checkpointed(site) == {1, 2, 4}
+    writer.close()
     assert _verify(site).ok
 
 
