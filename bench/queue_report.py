@@ -19,6 +19,9 @@ def _ratio(value, base):
 
 def report(results: dict, meta: dict, args) -> str:
     lines = [SECTION, "", f"Measured on {meta['date']} by `bench/queue.py` ({meta['minutes']:.1f} min).", ""]
+    if getattr(args, "quick", False):
+        lines += ["**A smoke run (`--quick`: one window per cell, a smaller open loop) on a shared machine: to be "
+                  "measured again on a quiet one with `python -m bench.queue`.**", ""]  # fmt: skip
     lines += [
         f"- Machine: {meta['machine']}; load generator and servers share it; load average (1 min) "
         f"{meta.get('load_start', '-')} at the start, {meta.get('load_end', '-')} at the end.",

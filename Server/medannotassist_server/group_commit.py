@@ -78,6 +78,7 @@ class Op:
     done: threading.Event | None = None
     outcome: object = None
     failed: bool = False
+    settled: bool = False
     access: ProjectAccess | ApiError | None = field(default=None, repr=False)
 
 
@@ -170,9 +171,13 @@ class GroupCommit:
                 self._sync_if_due()
                 continue
             batch, stop = self._gather(first)
-            if batch:
-                self._run(batch)
-            self._sync_if_due()
+            try:
+                if batch:
+                    self._run(batch)
+                self._sync_if_due()
+            except BaseException as error:  # a bug here must not leave every later request waiting forever
+                log.exception("group commit")
+                self._settle([op for op in batch if not op.settled], error)
             if stop:
                 self._sync(force=True)
                 return
@@ -205,7 +210,7 @@ class GroupCommit:
     def _run(self, batch: list[Op]) -> None:
         self._last_batch = len(batch)
         try:
-            self._transaction(batch)
+            outcomes, heads, relaxed = self._transaction(batch)
         except CommitUnknownError as error:
             log.error("a group commit of %d operations failed during the commit: %s", len(batch), error.__cause__)
             cause = error.__cause__ if isinstance(error.__cause__, OperationalError) else busy()
@@ -218,6 +223,20 @@ class GroupCommit:
             log.warning("a group commit of %d operations failed (%s); running them one by one", len(batch), error)
             for op in batch:
                 self._run([op])
+            return
+        # committed: nothing from here on may send the batch round again
+        self._committed(heads, relaxed)
+        self._settle(batch, outcomes)
+
+    def _committed(self, heads: list[audit.Head], relaxed: bool) -> None:
+        if relaxed:
+            self._unsynced_since = self._unsynced_since if self._unsynced else time.monotonic()
+            self._unsynced.update({head.chain: head for head in heads})
+            return
+        earlier, self._unsynced = self._unsynced, {}  # durable, and so is every commit before it
+        heads = list((earlier | {head.chain: head for head in heads}).values())
+        if heads:
+            self.database.chain.committed(heads)
 
     def _connection(self):
         if not self.database.is_sqlite:
@@ -230,7 +249,8 @@ class GroupCommit:
         except PoolTimeoutError:
             raise busy() from None
 
-    def _transaction(self, batch: list[Op]) -> None:
+    def _transaction(self, batch: list[Op]) -> tuple[list, list[audit.Head], bool]:
+        """One transaction of the batch: (outcomes, new audit heads, committed relaxed)."""
         connection = self._connection()
         sqlite = self.database.is_sqlite
         raw = connection.connection.driver_connection
@@ -261,18 +281,8 @@ class GroupCommit:
             raise
         finally:
             if sqlite:
-                if relaxed:
-                    raw.execute("PRAGMA synchronous=FULL")
-                connection.close()
-        if relaxed:
-            self._unsynced_since = self._unsynced_since if self._unsynced else time.monotonic()
-            self._unsynced.update({head.chain: head for head in heads})
-        else:  # durable, and so is every commit before it
-            earlier, self._unsynced = self._unsynced, {}
-            heads = list((earlier | {head.chain: head for head in heads}).values())
-            if heads:
-                self.database.chain.committed(heads)
-        self._settle(batch, outcomes)
+                _give_back(connection, raw, relaxed)
+        return outcomes, heads, relaxed
 
     def _apply(self, tx: Tx, batch: list[Op], relaxed: bool) -> list[tuple[object, bool]]:
         if relaxed and tx.postgres:
@@ -314,10 +324,12 @@ class GroupCommit:
             self.cache.put(key, now, found)
         return checked(*found)
 
-    def _settle(self, batch: list[Op], outcomes: list[tuple[object, bool]]) -> None:
+    def _settle(self, batch: list[Op], outcomes: list[tuple[object, bool]] | BaseException) -> None:
+        if isinstance(outcomes, BaseException):
+            outcomes = [(outcomes, True)] * len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[Op]] = {}
         for op, (outcome, failed) in zip(batch, outcomes, strict=True):
-            op.outcome, op.failed, op.access = outcome, failed, None
+            op.outcome, op.failed, op.access, op.settled = outcome, failed, None, True
             if op.done is not None:
                 op.done.set()
             else:
@@ -345,6 +357,20 @@ class GroupCommit:
             return
         heads, self._unsynced = list(self._unsynced.values()), {}
         self.database.chain.committed(heads)
+
+
+def _give_back(connection, raw, relaxed: bool) -> None:
+    """Return SQLite's write connection to the pool as every other writer expects it (``synchronous=FULL``);
+    never raises: after a commit, an error here must not send the batch round again."""
+    try:
+        if relaxed:
+            raw.execute("PRAGMA synchronous=FULL")
+    except Exception:  # a connection that may still be relaxed is not given to a submission: it is dropped
+        log.exception("restoring synchronous=FULL")
+        with contextlib.suppress(Exception):
+            connection.invalidate()
+    with contextlib.suppress(Exception):
+        connection.close()
 
 
 def _refused(op: Op) -> bool:

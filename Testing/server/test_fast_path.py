@@ -77,6 +77,43 @@ def test_a_revoked_token_or_removed_role_is_refused_at_once_everywhere(
             api.close()
 
 
+@pytest.mark.parametrize("backend,options,replicas", [("sqlite", ("--workers", "2"), 1), ("postgresql", (), 2)])
+def test_an_expired_lease_is_claimed_again_and_fenced_off_everywhere(
+    backend, options, replicas, start_queue, tiny_image_file, tmp_path
+):
+    queue = start_queue(backend, "--log-level", "warning", *options, replicas=replicas)
+    admin = queue.admin
+    project = admin.new_project(unique("expiry"), readers=1, review=False)
+    image = admin.upload_image(project, tiny_image_file)
+    admin.ok(admin.post(f"/api/v1/projects/{project}/cases/bulk", json={"cases": [
+        {"name": "only", "image_sha256": image["sha256"]}]}), 201)  # fmt: skip
+    late, early = admin.new_user(unique("late")), admin.new_user(unique("early"))
+    for user in (late, early):
+        admin.set_roles(project, user.name, "annotator")
+    first, second = (Api(server.url, user.token, user.name) for server, user in zip(
+        queue.servers * 2, (late, early), strict=False))  # fmt: skip
+    task = first.claim(project, lease_seconds=1)
+    base = f"/api/v1/projects/{project}/tasks/{task['id']}"
+    beat = first.ok(first.post(f"{base}/heartbeat", json={"lease_id": task["lease_id"], "lease_seconds": 1}))
+    assert beat["state"] == "leased" and second.claim(project) is None  # still leased
+    time.sleep(1.5)
+    # expired but not claimed again: the lease still works (a heartbeat revives it), then expires again
+    first.ok(first.post(f"{base}/heartbeat", json={"lease_id": task["lease_id"], "lease_seconds": 1}))
+    time.sleep(1.5)
+    again = second.claim(project)
+    assert again["id"] == task["id"] and again["lease_id"] != task["lease_id"]
+    for answer in (
+        _fresh(first).post(f"{base}/heartbeat", json={"lease_id": task["lease_id"]}),
+        _fresh(first).post(f"{base}/release", json={"lease_id": task["lease_id"]}),
+        first.submit(project, task, tiny_segmentation(tmp_path / "late.seg.nrrd")),
+    ):
+        assert answer.status_code == 409 and answer.json()["code"] == "lease_lost", answer.text
+    assert second.submit(project, again, tiny_segmentation(tmp_path / "in-time.seg.nrrd")).status_code == 201
+    assert admin.ok(admin.get("/api/v1/audit/verify"))["ok"] is True
+    first.close()
+    second.close()
+
+
 CASES = 300
 CLIENTS = 16
 KILLS = 4
