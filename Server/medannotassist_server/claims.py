@@ -12,7 +12,9 @@ skips the cases the reviewer reads.
 Claims, heartbeats and releases run in the group-commit writer (``group_commit``), many to a transaction,
 in the order they came: each sees the ones before it. Their statements are Core statements run as driver
 SQL (``driver_sql``) on the writer's transaction ``tx``. An operation that refuses (an ``ApiError``) has
-changed nothing, so the others of its transaction commit.
+changed nothing, so the others of its transaction commit. Each is a generator: on PostgreSQL it yields
+once its statement is sent, so the writer sends the whole batch's statements in one pipeline before
+reading any answer (the database still runs them in order); the writer runs it on with ``run``.
 
 Atomicity: on SQLite the write transaction begins IMMEDIATE (one writer at a time, across threads and
 processes); on PostgreSQL the candidate row is locked ``FOR UPDATE SKIP LOCKED`` so concurrent claimers
@@ -190,16 +192,26 @@ def _claim_at_once(kinds: tuple[str, ...]):
     return select(*(taken.c[name] for name in VIEW_FIELDS), taken.c.was, taken.c.holder_id).add_cte(read)
 
 
-def claim(tx, caller: Caller, project_id: int, kinds: list[str], lease_seconds: float) -> dict | None:
-    """Lease the next task for ``caller`` in the writer's transaction; None when nothing is free for them.
-    On PostgreSQL the writer holds the caller's advisory lock already."""
+def run(operation):
+    """Run an operation (a generator of this module) to its end; its result."""
+    try:
+        while True:
+            next(operation)
+    except StopIteration as done:
+        return done.value
+
+
+def claim(tx, caller: Caller, project_id: int, kinds: list[str], lease_seconds: float):
+    """Lease the next task for ``caller`` in the writer's transaction: the task's view, or None when nothing
+    is free for them. On PostgreSQL the writer holds the caller's advisory lock already."""
     now = utcnow()
     params = {"project_id": project_id, "user_id": caller.id, "now": now}
     expires = now + timedelta(seconds=lease_seconds)
     if tx.postgres:
         # the candidates are locked: the take cannot miss, and no row means nothing is free
-        row = tx.run(_claim_at_once(tuple(kinds)), {**params, "lease_id": uuid.uuid4().hex, "expires": expires})
-        row = row.fetchone()
+        sent = tx.run(_claim_at_once(tuple(kinds)), {**params, "lease_id": uuid.uuid4().hex, "expires": expires})
+        yield
+        row = sent.fetchone()
         if row is None:
             return None
         taken, candidate = _Row(row[: len(VIEW_FIELDS)]), (None, None, None, *row[len(VIEW_FIELDS) :])
@@ -297,18 +309,22 @@ def _fence_params(caller: Caller, project_id: int, task_id: int, lease_id: str) 
     return {"f_task_id": task_id, "f_project_id": project_id, "f_lease_id": lease_id, "f_user_id": caller.id}
 
 
-def heartbeat(tx, caller: Caller, project_id: int, task_id: int, lease_id: str, lease_seconds: float) -> dict:
+def heartbeat(tx, caller: Caller, project_id: int, task_id: int, lease_id: str, lease_seconds: float):
     """Extend a lease (not audited: a lease extension is not a change of the task's state)."""
     params = _fence_params(caller, project_id, task_id, lease_id)
     params["expires"] = utcnow() + timedelta(seconds=lease_seconds)
-    row = tx.run(_EXTEND, params).fetchone()
-    if row is None:
+    sent = tx.run(_EXTEND, params)
+    yield
+    row = sent.fetchone()
+    if row is None:  # read after the batch's statements on PostgreSQL: the reason as it stands then
         raise _refusal_in(tx, caller, project_id, task_id, lease_id)
     return task_view(_Row(row))
 
 
-def release(tx, caller: Caller, project_id: int, task_id: int, lease_id: str) -> dict:
-    row = tx.run(_RELEASE, _fence_params(caller, project_id, task_id, lease_id)).fetchone()
+def release(tx, caller: Caller, project_id: int, task_id: int, lease_id: str):
+    sent = tx.run(_RELEASE, _fence_params(caller, project_id, task_id, lease_id))
+    yield
+    row = sent.fetchone()
     if row is None:
         raise _refusal_in(tx, caller, project_id, task_id, lease_id)
     tx.record(

@@ -83,17 +83,19 @@ class Op:
 
 
 class Tx:
-    """A writer transaction as ``claims`` sees it: driver statements on one cursor, and its audit events
-    (``connection``: the same transaction for SQLAlchemy, for steps run in a session)."""
+    """A writer transaction as ``claims`` sees it: driver statements, and its audit events (``connection``:
+    the same transaction for SQLAlchemy, for steps run in a session). On PostgreSQL each statement gets a
+    cursor of its own, so that a pipeline keeps every statement's answer."""
 
-    __slots__ = ("connection", "cursor", "postgres", "events", "statements")
+    __slots__ = ("connection", "raw", "cursor", "postgres", "events", "statements")
 
-    def __init__(self, connection, cursor, postgres: bool, statements: Statements):
-        self.connection, self.cursor, self.postgres, self.statements = connection, cursor, postgres, statements
+    def __init__(self, connection, raw, postgres: bool, statements: Statements):
+        self.connection, self.raw, self.postgres, self.statements = connection, raw, postgres, statements
+        self.cursor = raw.cursor()
         self.events: list[tuple] = []
 
     def run(self, statement, params: dict):
-        return self.statements(statement).execute(self.cursor, params)
+        return self.statements(statement).execute(self.raw.cursor() if self.postgres else self.cursor, params)
 
     def record(self, event: tuple) -> None:
         self.events.append(event)
@@ -260,7 +262,7 @@ class GroupCommit:
             if sqlite and relaxed:
                 raw.execute("PRAGMA synchronous=NORMAL")
             transaction = connection.begin()
-            tx = Tx(connection, raw.cursor(), not sqlite, self.statements)
+            tx = Tx(connection, raw, not sqlite, self.statements)
             try:
                 outcomes = self._apply(tx, batch, relaxed)
                 heads = audit.append(connection, self.database.chain, tx.events)
@@ -297,22 +299,48 @@ class GroupCommit:
                 op.access = self._access(tx, op, now)
             except ApiError as refused:
                 op.access = refused
+        # PostgreSQL without session steps: every statement sent before any answer is read (one round trip)
+        if tx.postgres and all(op.name != "session" for op in batch):
+            with tx.raw.pipeline() as pipeline:
+                started = self._send(tx, batch, pipelined=True)
+                pipeline.sync()
+                return [self._finish(item) for item in started]
+        return [self._finish(item) for item in self._send(tx, batch, pipelined=False)]
+
+    def _send(self, tx: Tx, batch: list[Op], pipelined: bool) -> list:
         if tx.postgres:  # one reader's claims one at a time, across replicas; in id order, so never in a circle
             claimers = sorted({op.access.caller.id for op in batch if op.name == "claim" and not _refused(op)})
             if claimers:
-                tx.cursor.execute(_ADVISORY, (claims.CLAIM_LOCK_KEY, claimers)).fetchall()
-        outcomes = []
-        for op in batch:
-            if _refused(op) or op.invalid is not None:
-                outcomes.append((op.access if _refused(op) else op.invalid, True))
-                continue
-            try:
-                outcomes.append((_OPERATIONS[op.name](tx, op), False))
-            except ApiError as refused:  # a refusal changes nothing: the batch goes on
-                outcomes.append((refused, True))
-            except _StepFailedError as failed:  # rolled back to its savepoint: the batch goes on
-                outcomes.append((failed.__cause__, True))
-        return outcomes
+                tx.raw.cursor().execute(_ADVISORY, (claims.CLAIM_LOCK_KEY, claimers))
+        return [self._start(tx, op, pipelined) for op in batch]
+
+    @staticmethod
+    def _start(tx: Tx, op: Op, pipelined: bool):
+        """An operation sent (pipelined: up to its first yield; else to its end): a running generator, or
+        its outcome."""
+        if _refused(op) or op.invalid is not None:
+            return (op.access if _refused(op) else op.invalid, True)
+        try:
+            operation = _OPERATIONS[op.name](tx, op)
+            if not pipelined:
+                return (claims.run(operation), False)
+            next(operation)
+            return operation
+        except StopIteration as done:
+            return (done.value, False)
+        except ApiError as refused:  # a refusal changes nothing: the batch goes on
+            return (refused, True)
+        except _StepFailedError as failed:  # rolled back to its savepoint: the batch goes on
+            return (failed.__cause__, True)
+
+    @staticmethod
+    def _finish(item) -> tuple[object, bool]:
+        if isinstance(item, tuple):
+            return item
+        try:
+            return (claims.run(item), False)
+        except ApiError as refused:
+            return (refused, True)
 
     def _access(self, tx: Tx, op: Op, now: float) -> ProjectAccess:
         key = (op.token_hash, op.project_id)
@@ -391,17 +419,17 @@ def _claim(tx: Tx, op: Op):
     kind, lease_seconds = op.args
     access = op.access
     kinds = claims.claim_kinds(access, kind)
-    return {"task": claims.claim(tx, access.caller, op.project_id, kinds, lease_seconds)}
+    return {"task": (yield from claims.claim(tx, access.caller, op.project_id, kinds, lease_seconds))}
 
 
 def _heartbeat(tx: Tx, op: Op):
     task_id, lease_id, lease_seconds = op.args
-    return claims.heartbeat(tx, op.access.caller, op.project_id, task_id, lease_id, lease_seconds)
+    return (yield from claims.heartbeat(tx, op.access.caller, op.project_id, task_id, lease_id, lease_seconds))
 
 
 def _release(tx: Tx, op: Op):
     task_id, lease_id = op.args
-    return claims.release(tx, op.access.caller, op.project_id, task_id, lease_id)
+    return (yield from claims.release(tx, op.access.caller, op.project_id, task_id, lease_id))
 
 
 class _StepFailedError(Exception):
@@ -409,6 +437,8 @@ class _StepFailedError(Exception):
 
 
 def _session(tx: Tx, op: Op):
+    """A step in a session, run at once (never pipelined: a batch with one runs its statements one by one)."""
+    yield from ()
     (step,) = op.args
     session = Session(bind=tx.connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
     try:
