@@ -161,6 +161,7 @@ class Generator:
             self.schedule(begin + self.rng.uniform(0, beat), who, "heartbeat")
             self.schedule(begin + self.rng.uniform(0, work), who, "submit")
         stop_at = begin + spec["warmup_s"] + spec["duration_s"]
+        cpu_from, wall_from = time.process_time(), time.perf_counter()
         while self.heap and self.heap[0][0] < stop_at:
             when, _, action, who = heapq.heappop(self.heap)
             delay = when - time.perf_counter()
@@ -176,7 +177,8 @@ class Generator:
             await asyncio.wait(list(self.inflight), timeout=120)
         start_measuring = begin + spec["warmup_s"]
         kept = [record for record in self.records if record[1] >= start_measuring]
-        return {"records": kept, "errors": self.errors[:10]}
+        cpu_s, wall_s = time.process_time() - cpu_from, time.perf_counter() - wall_from
+        return {"records": kept, "errors": self.errors[:10], "cpu_s": cpu_s, "wall_s": wall_s}
 
 
 def _generate(spec: dict, queue) -> None:
@@ -231,6 +233,7 @@ def run_open_loop(ports: list[int], project: int, tokens: list[str], seg: bytes,
     operations = len(records)
     summary["server_cpu_s_per_1000"] = (after[0] - before[0]) / operations * 1000 if operations else None
     summary["server_cpu_util"] = (after[0] - before[0]) / max(1e-9, after[2] - before[2])
+    summary["generator_cpu_util"] = sum(part["cpu_s"] / part["wall_s"] for part in outcome)
     return summary
 
 

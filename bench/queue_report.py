@@ -101,7 +101,8 @@ def _open(results: dict) -> list[str]:
             f"average (uniform, ±50 %), submits a 1 MiB segmentation and claims its next task; requests leave at "
             f"their scheduled times and latency counts from then. {row['seconds']:g} s measured after the warm-up; "
             f"server CPU {_fmt(row['server_cpu_s_per_1000'], 2)} s / 1,000 requests, "
-            f"{_fmt(row['server_cpu_util'], 2)} cores busy.",
+            f"{_fmt(row['server_cpu_util'], 2)} cores busy (the load generator: "
+            f"{_fmt(row.get('generator_cpu_util'), 2)}).",
             "",
             "| requests | per second | p50 ms | p99 ms | max ms | failed |",
             "|---|---:|---:|---:|---:|---:|",
