@@ -3,9 +3,10 @@
 SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged commit survives a crash, even of the
 machine) and every write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before the
 first read, so two writers, in threads or processes, never both read a free lease and both take it. The
-writers of one process also queue on a lock of their own before ``BEGIN IMMEDIATE``: SQLite's busy handler
-waits by polling with growing sleeps, which under load lets some writers starve for seconds, while the
-lock hands the database to the waiting threads in turn (other processes still meet the busy handler).
+writers of one process also queue for its one write connection before ``BEGIN IMMEDIATE``, and the
+processes on one file take turns on a ``flock`` of ``<database>.writers.lock``: SQLite's busy handler waits
+by polling with growing sleeps, which under load lets some writers starve for seconds, while these hand
+the database to the waiting writers in turn.
 PostgreSQL runs at READ COMMITTED; claims lock their row with ``FOR UPDATE SKIP LOCKED`` (see ``claims``).
 """
 
