@@ -1,30 +1,36 @@
-"""Benchmark: the task-queue server's claims and submissions under concurrent clients.
+"""Benchmark: the task-queue server's claims and submissions under concurrent clients, an open-loop load of
+many annotators, and minimal baselines measured in the same run (``--parts``; all by default).
 
 Configurations: SQLite with one server process; SQLite with two server processes on one data directory;
 PostgreSQL 15 (a throwaway cluster, as the tests make it) behind one replica and behind two (clients split
 across the two ports); each with `serve --workers 1` and `--workers 2` (`--workers`). Each gets a fresh data
 directory and database.
 
-Claims: N clients (8, 32, 64), each one user (an annotator) with its own keep-alive HTTP connection, loop
-``claim`` → ``release``: every claim that counts obtains a task, and the release puts it back, so the number
-of live leases stays at most N however long the run (a real queue has about one live lease per reader; a run
-that only claimed would pile up thousands of leases, which is not what a queue looks like). Claims/s counts
-claims that obtained a task, by their end time, in the steady windows; p50/p99 are of those claims' latency
+Claims (``closed``): N clients (8, 32, 64), each one user (an annotator) with its own keep-alive HTTP
+connection, loop ``claim`` → ``release``: every claim that counts obtains a task, and the release puts it
+back, so the number of live leases stays at most N however long the run. Claims/s counts claims that
+obtained a task, by their end time, in the steady windows; p50/p99 are of those claims' latency
 (perf_counter around one request, client side). The load runs continuously: a warm-up, then ``--windows``
 windows of ``--window-s`` seconds; each figure is the median over the windows.
 
-Submissions: 8 clients loop ``claim`` → ``submit`` of a 1 MiB segmentation (uint8 labelmap 128 x 128 x 64,
-NRRD raw encoding, so the 1 MiB is on the wire) on the case image's grid, each body unique (a counter in
-32 voxels) and sent with an Idempotency-Key. Cases have one reader and no review (each submission closes
-its case).
+Submissions (``submits``): 8 clients loop ``claim`` → ``submit`` of a 1 MiB segmentation (uint8 labelmap
+128 x 128 x 64, NRRD raw encoding, so the 1 MiB is on the wire) on the case image's grid, each body unique
+(a counter in 32 voxels) and sent with an Idempotency-Key. Cases have one reader and no review.
+
+Open loop (``open``): ``--annotators`` (10,000) simulated annotators, each heartbeating its lease every 30 s
+and submitting 1 MiB then claiming again every few minutes (``bench/queue_open.py``).
+
+Baselines (``baselines``): a bare FastAPI endpoint, the claim SQL through sqlite3, and pgbench
+(``bench/queue_baselines.py``).
 
 Server CPU: psutil ``cpu_times`` of the server processes (and their worker children) at each window's
 boundaries, as CPU seconds per 1,000 claims (each with its release) or submissions; PostgreSQL's own
 backends are reported apart. On a small machine the load generator competes with the server for the CPUs;
 CPU per 1,000 operations does not depend on that.
 
-Run: ``.venv/bin/python -m bench.queue`` (about 10 minutes; ``--quick`` for one window per cell).
-Writes ``var/bench/queue.json`` and the "Task queue" section of docs/benchmarks.md (other sections kept).
+Run: ``.venv/bin/python -m bench.queue`` (about 20 minutes); ``--quick`` for a smoke run; one cell:
+``--parts closed --configs sqlite-1 --clients 32 --workers 1``. Writes ``var/bench/queue.json`` and the
+"Task queue" section of docs/benchmarks.md (other sections kept; ``--no-doc`` to leave it).
 """
 
 from __future__ import annotations
@@ -43,17 +49,19 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
 
+from bench import queue_baselines, queue_open
 from bench.benchdoc import replace_section
+from bench.queue_report import report
 from Testing.server.harness import Api, ServerProcess, create_site_admin
 from Testing.server.postgres import PostgresCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
-SECTION = "## Task queue"
 SEG_SIZE = (128, 128, 64)  # i, j, k: 1 MiB of uint8
 CONFIGS = {
     "sqlite-1": ("sqlite", 1),
@@ -221,14 +229,14 @@ class Setup:
         self.admin = Api(self.servers[0].url, token, "admin")
         self.users: list[Api] = []
 
-    def project(self, name: str, image: Path, cases: int) -> int:
+    def project(self, name: str, image: Path, cases: int, users: int = 64) -> int:
         admin = self.admin
         project = admin.new_project(name, readers=1, review=False)
         sha = admin.upload_image(project, image)["sha256"]
         for start in range(0, cases, 5000):
             batch = [{"name": f"c{i:06d}", "image_sha256": sha} for i in range(start, min(cases, start + 5000))]
             admin.ok(admin.post(f"/api/v1/projects/{project}/cases/bulk", json={"cases": batch}), 201)
-        for index in range(64):
+        for index in range(users):
             if len(self.users) <= index:
                 self.users.append(admin.new_user(f"reader{index:02d}"))
             admin.set_roles(project, self.users[index].name, "annotator")
@@ -334,107 +342,6 @@ def make_files(tmp: Path) -> tuple[Path, Path, bytes]:
     return small, big, data
 
 
-# --- report -------------------------------------------------------------------------------------------
-
-
-def _fmt(value, digits=1):
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def report(results: dict, meta: dict, args) -> str:
-    lines = [SECTION, "", f"Measured on {meta['date']} by `bench/queue.py` ({meta['minutes']:.1f} min).", ""]
-    lines += [
-        f"- Machine: {meta['machine']}; load generator and servers share it.",
-        f"- Versions: {meta['versions']}; our code at `{meta['commit']}`.",
-        f"- Server: {meta['server']}.",
-        f"- Each figure: median of {args.windows} windows of {args.window_s:g} s in one continuous run per cell, "
-        f"after a {args.warmup_s:g} s warm-up; clients split over {args.generators} generator processes "
-        "(threads, one keep-alive connection each).",
-        "",
-        "### Claims (claim → release loop)",
-        "",
-        "| configuration | clients | claims/s | p50 ms | p99 ms | server CPU s / 1,000 claims | "
-        "PostgreSQL CPU s / 1,000 | server CPU busy (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for config, rows in results["claims"].items():
-        for row in rows:
-            lines.append(
-                f"| {config} | {row['clients']} | {_fmt(row['ops_per_s'], 0)} | {_fmt(row['p50_ms'])} | "
-                f"{_fmt(row['p99_ms'])} | {_fmt(row['server_cpu_s_per_1000'], 2)} | "
-                f"{_fmt(row['postgres_cpu_s_per_1000'], 2)} | {_fmt(row['server_cpu_util'], 2)} |"
-            )
-    lines += [
-        "",
-        f"### Submissions (claim → submit a 1 MiB segmentation, {args.submit_clients} clients)",
-        "",
-        "| configuration | submissions/s | MiB/s on the wire | p50 ms | p99 ms | server CPU s / 1,000 submissions |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for config, row in results["submits"].items():
-        lines.append(
-            f"| {config} | {_fmt(row['ops_per_s'])} | {_fmt(row['mib_per_s'])} | {_fmt(row['p50_ms'])} | "
-            f"{_fmt(row['p99_ms'])} | {_fmt(row['server_cpu_s_per_1000'], 1)} |"
-        )
-    baseline = results.get("baseline")
-    if baseline:
-        lines += [
-            "",
-            f"### Before this round of tuning ({baseline['meta']['label']})",
-            "",
-            "| configuration | clients | claims/s | p50 ms | p99 ms | server CPU s / 1,000 claims |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for config, rows in baseline["claims"].items():
-            lines += [f"| {config} | {row['clients']} | {_fmt(row['ops_per_s'], 0)} | {_fmt(row['p50_ms'])} | "
-                      f"{_fmt(row['p99_ms'])} | {_fmt(row['server_cpu_s_per_1000'], 2)} |" for row in rows]  # fmt: skip
-    lines += ["", *goal_lines(results), "", "Notes:", *NOTES]
-    return "\n".join(lines) + "\n"
-
-
-NOTES = [
-    "- Method: every claim counted obtained a task; its client then released it (so the server answers two "
-    "requests per claim, and CPU per 1,000 claims includes 1,000 releases). Each claim and release is a write "
-    "transaction with an audit event. Latency is measured by the client around one request; the clients "
-    "run in a closed loop, so at a given rate the latency grows with the number of clients (Little's law).",
-    "- Submissions: 1 MiB on the wire per request (raw NRRD labelmap, 1,048,576 voxels plus header and "
-    "multipart framing); a gzip-encoded segmentation of the same grid would be a few KiB. Each one is hashed, "
-    "fsynced into the blob store, fully read and checked against the case's grid, and recorded in one transaction.",
-    "- Server CPU s / 1,000 is what our server processes spent (psutil, user + system, workers included); "
-    "PostgreSQL's backends are in their own column. The load generator spent well under 1 CPU s / 1,000 "
-    "claims (in var/bench/queue.json).",
-    "- What limits it: not the CPUs alone (the server processes use about one core, PostgreSQL a third to a half, "
-    "the generator a tenth, of two). Every claim and every release is a write transaction that holds a "
-    "database-wide serialization point until it commits: SQLite's one writer lock, and on PostgreSQL the "
-    "`audit_head` row that every audited write locks to append to the hash chain. While it is held, the Python "
-    "thread that holds it competes for its process's GIL with the other requests, so the hold time, not the "
-    "work, sets the rate. Between processes on one SQLite file the waiting writers poll (SQLite's busy handler "
-    "sleeps 1-100 ms), hence p99 over a second with two processes or workers.",
-    "- Where a claim's CPU goes (measured apart, one thread, SQLite): token, user and roles 0.1 ms (one "
-    "statement); claim + release about 1.3 ms, of which the two audit appends are 0.8 ms (Core statements on "
-    "the tables; through the ORM's bulk path they took 2.0 ms, which halved the rate on SQLite); FastAPI's "
-    "routing, validation and thread-pool hops about 0.4 ms a request; the rest is thread and GIL contention.",
-    "- The goals are the issue's stretch goals: on this 2-core machine they are missed by far. With 32 "
-    "closed-loop clients, latency is about 32 / (2 x claims/s) per request, so p99 <= 50 ms needs several "
-    "hundred claims/s first.",
-]
-
-
-def goal_lines(results: dict) -> list[str]:
-    out = []
-    for config, goal in (("sqlite-1", 500), ("postgresql-2", 1500)):
-        for label, rows in results["claims"].items():
-            row = next((row for row in rows if row["clients"] == 32), None)
-            if not label.startswith(config + ",") or row is None:
-                continue
-            met = row["ops_per_s"] >= goal and row["p99_ms"] is not None and row["p99_ms"] <= 50
-            out.append(
-                f"Goal — {label}, 32 clients: ≥ {goal:,} claims/s and p99 ≤ 50 ms: **{'met' if met else 'missed'}** "
-                f"({row['ops_per_s']:,.0f} claims/s, p99 {row['p99_ms']:,.0f} ms).  "
-            )
-    return out
-
-
 def _add_baseline(results: dict, args) -> None:
     if args.baseline:
         results["baseline"] = json.loads(args.baseline.read_text())
@@ -447,8 +354,12 @@ def machine() -> str:
             f"{platform.system()}, Python {platform.python_version()}")  # fmt: skip
 
 
+PARTS = ("closed", "submits", "open", "baselines")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS))
     parser.add_argument("--clients", default="8,32,64")
     parser.add_argument("--windows", type=int, default=5)
@@ -458,8 +369,17 @@ def main(argv=None) -> None:
     parser.add_argument("--submit-clients", type=int, default=8)
     parser.add_argument("--submit-configs", default="sqlite-1,postgresql-2")
     parser.add_argument("--workers", default="1,2", help="`serve --workers` values to run each configuration with")
-    parser.add_argument("--serve-args", default="", help="extra `medannot serve` options, e.g. '--workers 2'")
-    parser.add_argument("--quick", action="store_true", help="one window per cell")
+    parser.add_argument("--serve-args", default="", help="extra `medannot serve` options, e.g. '--durability relaxed'")
+    parser.add_argument("--open-configs", default="sqlite-1", help="configurations of the open-loop run")
+    parser.add_argument("--open-workers", type=int, default=1, help="open loop: `serve --workers`")
+    parser.add_argument("--annotators", type=int, default=10_000, help="open loop: simulated annotators")
+    parser.add_argument("--work-s", type=float, default=300.0, help="open loop: mean seconds between submissions")
+    parser.add_argument("--heartbeat-s", type=float, default=30.0, help="open loop: seconds between heartbeats")
+    parser.add_argument("--open-s", type=float, default=60.0, help="open loop: seconds measured")
+    parser.add_argument("--open-warmup-s", type=float, default=10.0, help="open loop: seconds before measuring")
+    parser.add_argument("--baseline-s", type=float, default=5.0, help="seconds per baseline")
+    parser.add_argument("--quick", action="store_true",
+                        help="one window per cell, 2,000 annotators for 20 s, 2 s baselines (a smoke run)")  # fmt: skip
     parser.add_argument("--baseline", type=Path, help="a JSON of this bench from older code, shown as 'before'")
     parser.add_argument("--baseline-label", default="", help="what the baseline ran (shown in its heading)")
     parser.add_argument("--from-json", action="store_true", help="no run: rewrite the section from --json")
@@ -468,9 +388,12 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "queue.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.windows = 1
-    configs = [c for c in args.configs.split(",") if c]
-    submit_configs = [c for c in args.submit_configs.split(",") if c]
+        args.windows, args.annotators, args.open_s, args.open_warmup_s, args.baseline_s = 1, 2000, 20.0, 5.0, 2.0
+    args.overrides = OVERRIDES
+    parts = {part for part in args.parts.split(",") if part}
+    configs = [c for c in args.configs.split(",") if c] if "closed" in parts else []
+    submit_configs = [c for c in args.submit_configs.split(",") if c] if "submits" in parts else []
+    open_configs = [c for c in args.open_configs.split(",") if c] if "open" in parts else []
     counts = [int(c) for c in args.clients.split(",")]
     extra = args.serve_args.split()
     worker_counts = [int(w) for w in args.workers.split(",") if w]
@@ -480,39 +403,24 @@ def main(argv=None) -> None:
         replace_section(args.doc, report(saved, saved["meta"], argparse.Namespace(**saved["meta"]["args"])))
         return
     started = time.perf_counter()
-    results: dict = {"claims": {}, "submits": {}}
+    load_start = os.getloadavg()[0]
+    results: dict = {"claims": {}, "submits": {}, "open": {}}
     cluster = None
     with tempfile.TemporaryDirectory(prefix="medannot-bench-queue-") as tmp:
         tmp = Path(tmp)
         small, big, seg = make_files(tmp)
         try:
-            if any(CONFIGS[c][0] == "postgresql" for c in configs + submit_configs):
+            wanted = configs + submit_configs + open_configs
+            if any(CONFIGS[c][0] == "postgresql" for c in wanted) or "baselines" in parts:
                 cluster = PostgresCluster().start()
             for config in dict.fromkeys(configs + submit_configs):
                 for workers in worker_counts:
-                    label = f"{config}, {workers} worker{'s' if workers > 1 else ''}"
-                    workers_option = ["--workers", str(workers)] if workers > 1 else []
-                    setup = Setup(tmp, config, cluster, [*extra, *workers_option], f"w{workers}")
-                    try:
-                        if config in configs:
-                            project = setup.project("claims", small, 2000)
-                            for n in counts:
-                                print(f"[{time.perf_counter() - started:6.1f} s] {label}: {n} clients", flush=True)
-                                row = run_load(setup, project, "claims", n, args)
-                                results["claims"].setdefault(label, []).append(row)
-                                print(f"    {_fmt(row['ops_per_s'], 0)} claims/s, p50 {_fmt(row['p50_ms'])} ms, p99 "
-                                      f"{_fmt(row['p99_ms'])} ms, server {_fmt(row['server_cpu_s_per_1000'], 2)} "
-                                      f"CPU s/1000 {row['errors'][:2]}", flush=True)  # fmt: skip
-                        if config in submit_configs:
-                            print(f"[{time.perf_counter() - started:6.1f} s] {label}: submissions", flush=True)
-                            project = setup.project("submits", big, 3000)
-                            row = run_load(setup, project, "submits", args.submit_clients, args, seg)
-                            results["submits"][label] = row
-                            print(f"    {_fmt(row['ops_per_s'])} submissions/s, {_fmt(row['mib_per_s'])} MiB/s, "
-                                  f"p50 {_fmt(row['p50_ms'])} ms, p99 {_fmt(row['p99_ms'])} ms {row['errors'][:2]}",
-                                  flush=True)  # fmt: skip
-                    finally:
-                        setup.stop()
+                    _run_config(config, workers, configs, submit_configs, counts, tmp, cluster, extra, small,
+                                big, seg, results, args, started)  # fmt: skip
+            for config in open_configs:
+                _run_open(config, tmp, cluster, extra, big, seg, results, args, started)
+            if "baselines" in parts:
+                results["baselines"] = _run_baselines(tmp, cluster, args, started)
         finally:
             if cluster is not None:
                 cluster.stop()
@@ -525,6 +433,8 @@ def main(argv=None) -> None:
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
+        "load_start": f"{load_start:.1f}",
+        "load_end": f"{os.getloadavg()[0]:.1f}",
         "versions": ", ".join(f"{n} {version(n)}" for n in names) + f", SQLite {sqlite3.sqlite_version}, {pg_version}",
         "commit": commit.stdout.strip() or "?",
         "server": "`" + " ".join(["medannot serve --log-level warning", *extra, "--workers N"]) + "`",
@@ -539,6 +449,88 @@ def main(argv=None) -> None:
                                     indent=2, default=str))  # fmt: skip
     if not args.no_doc:
         replace_section(args.doc, section)
+
+
+def _say(started: float, text: str) -> None:
+    print(f"[{time.perf_counter() - started:6.1f} s] {text}", flush=True)
+
+
+def _run_config(config, workers, configs, submit_configs, counts, tmp, cluster, extra, small, big, seg, results, args,
+                started) -> None:  # fmt: skip
+    label = f"{config}, {workers} worker{'s' if workers > 1 else ''}"
+    workers_option = ["--workers", str(workers)] if workers > 1 else []
+    setup = Setup(tmp, config, cluster, [*extra, *workers_option], f"w{workers}")
+    try:
+        if config in configs:
+            project = setup.project("claims", small, 2000)
+            for n in counts:
+                _say(started, f"{label}: {n} clients")
+                row = run_load(setup, project, "claims", n, args)
+                results["claims"].setdefault(label, []).append(row)
+                print(f"    {_fmt(row['ops_per_s'], 0)} claims/s, p50 {_fmt(row['p50_ms'])} ms, p99 "
+                      f"{_fmt(row['p99_ms'])} ms, server {_fmt(row['server_cpu_s_per_1000'], 2)} "
+                      f"CPU s/1000 {row['errors'][:2]}", flush=True)  # fmt: skip
+        if config in submit_configs:
+            _say(started, f"{label}: submissions")
+            project = setup.project("submits", big, 3000)
+            row = run_load(setup, project, "submits", args.submit_clients, args, seg)
+            results["submits"][label] = row
+            print(f"    {_fmt(row['ops_per_s'])} submissions/s, {_fmt(row['mib_per_s'])} MiB/s, "
+                  f"p50 {_fmt(row['p50_ms'])} ms, p99 {_fmt(row['p99_ms'])} ms {row['errors'][:2]}",
+                  flush=True)  # fmt: skip
+    finally:
+        setup.stop()
+
+
+def _run_open(config, tmp, cluster, extra, big, seg, results, args, started) -> None:
+    _say(started, f"{config}, {args.open_workers} worker(s): open loop, {args.annotators:,} annotators")
+    workers = ["--workers", str(args.open_workers)] if args.open_workers > 1 else []
+    setup = Setup(tmp, config, cluster, [*extra, *workers], "open")
+    try:
+        submissions = int(args.annotators / args.work_s * (args.open_s + args.open_warmup_s) * 1.5) + 100
+        project = setup.project("open", big, args.annotators + submissions, users=0)
+        url = setup.url or f"sqlite:///{setup.data_dir / 'queue.sqlite3'}"
+        tokens = queue_open.add_annotators(url, project, args.annotators)
+        pg = postmaster_pid(setup.cluster)
+
+        def cpu():
+            return cpu_seconds(setup.pids()), cpu_seconds(pg), time.monotonic()
+
+        ports = [server.port for server in setup.servers]
+        row = queue_open.run_open_loop(ports, project, tokens, seg, args, cpu)
+        results["open"][config] = row
+        for kind, item in row["kinds"].items():
+            print(f"    {kind}: {_fmt(item['per_s'])}/s, p50 {_fmt(item['p50_ms'])} ms, p99 {_fmt(item['p99_ms'])} ms, "
+                  f"failed {item['failed']}", flush=True)  # fmt: skip
+        print(f"    errors: {row['errors'][:3]}", flush=True)
+    finally:
+        setup.stop()
+
+
+def _run_baselines(tmp, cluster, args, started) -> dict:
+    from Testing.server.postgres import free_port
+
+    out = {}
+    _say(started, "baseline: bare endpoint, 32 clients")
+    bare = queue_baselines.BareServer(tmp, free_port())
+    try:
+        setup = SimpleNamespace(servers=[SimpleNamespace(port=bare.port)], users=[SimpleNamespace(token="x")] * 32,
+                                pids=bare.pids, cluster=None)  # fmt: skip
+        out["bare"] = run_load(setup, 1, "claims", 32, args)
+        print(f"    {_fmt(out['bare']['ops_per_s'], 0)} claims/s, p99 {_fmt(out['bare']['p99_ms'])} ms", flush=True)
+    finally:
+        bare.stop()
+    _say(started, "baseline: raw SQL on SQLite")
+    out["raw_sql"] = queue_baselines.raw_sql(args.baseline_s)
+    _say(started, "baseline: pgbench")
+    out["pgbench"] = queue_baselines.pgbench(cluster, max(args.baseline_s, 5.0))
+    for row in out["raw_sql"] + out["pgbench"]:
+        print(f"    {row['label']}: {_fmt(row['claims_per_s'], 0)} claims/s", flush=True)
+    return out
+
+
+def _fmt(value, digits=1):
+    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--job-threads", type=int, help="consensus job threads per process (default 1)")
     parser.add_argument("--dask-scheduler", help="compute consensus on this Dask cluster")
+    parser.add_argument("--durability", choices=["full", "relaxed"], help="fsync every commit (full, the default)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     try:
         serve(Settings.from_args(parser.parse_args(argv)))

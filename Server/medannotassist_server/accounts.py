@@ -6,7 +6,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from . import audit
-from .auth import check_role, issue_token
+from .auth import auth_changed, check_role, issue_token
 from .errors import ApiError
 from .models import ApiToken, Membership, Project, User, utcnow
 
@@ -61,6 +61,7 @@ def set_roles(session: Session, actor: str, project: Project, user: User, roles:
     for role in roles:
         session.add(Membership(project_id=project.id, user_id=user.id, role=role))
     session.flush()
+    auth_changed(session)
     audit.record(
         session,
         actor,
@@ -87,6 +88,7 @@ def revoke_tokens(session: Session, actor: str, user: User, token_id: int | None
         query = query.where(ApiToken.id == token_id)
     revoked = session.execute(query.values(revoked_at=utcnow()).execution_options(synchronize_session=False)).rowcount
     if revoked:
+        auth_changed(session)
         audit.record(
             session, actor, "token.revoke", "user", user.id, None, {"token_id": token_id, "revoked": revoked}, None
         )

@@ -56,14 +56,14 @@ def revoke(settings: Settings, name: str) -> int:
 
 def verify_audit(
     settings: Settings, anchors: Sequence[Path] = (), export: bool = False
-) -> tuple[AuditVerdict, Checkpoint | None]:
-    """Verify the chain against the checkpoint file and ``anchors``; ``export``: then sign a checkpoint of
-    the verified head (appended to the checkpoint file, returned to be kept elsewhere)."""
+) -> tuple[AuditVerdict, list[Checkpoint]]:
+    """Verify the chains against the checkpoint file and ``anchors``; ``export``: then sign a checkpoint of
+    each verified head (appended to the checkpoint file, returned to be kept elsewhere)."""
     database = _database(settings)
     try:
         if export:
             return checkpoint_now(database, anchors)
         with database.reading() as session:
-            return verify(session, database.chain, anchors), None
+            return verify(session, database.chain, anchors), []
     finally:
         database.dispose()

@@ -3,12 +3,14 @@
 The key (32 random bytes in a file of mode 0600, made on the first start) keys every row's hash
 (HMAC-SHA-256): someone who can write to the database but cannot read the key cannot edit a row and
 re-hash the rows after it. A keyed chain still lets them cut rows from its end, or delete them all, and
-move ``audit_head`` back; a checkpoint shows that. A checkpoint is one signed line "row N had hash H" in an
-append-only file outside the database: every process that commits audit rows appends one every
-``every_rows`` rows or ``every_seconds`` seconds, on shutdown, and on demand. Each line is one ``write``
-on an ``O_APPEND`` descriptor, so lines of several processes never mix; their order in the file means
-nothing. The file is not synced on each line: a checkpoint is a claim about rows already committed, and
-losing the newest lines in a crash only widens the window that checkpoints do not cover.
+move its head back; a checkpoint shows that. A checkpoint is one signed line "row N of chain C had hash H"
+in an append-only file outside the database (chain 0, the server-wide one, is not named in its lines, so
+lines written before the project chains stay as they were): every process that commits audit rows appends
+one per chain it wrote every ``every_rows`` rows or ``every_seconds`` seconds, on shutdown, and on demand.
+Each line is one ``write`` on an ``O_APPEND`` descriptor, so lines of several processes never mix; their
+order in the file means nothing. The file is not synced on each line: a checkpoint is a claim about rows
+already committed, and losing the newest lines in a crash only widens the window that checkpoints do not
+cover.
 
 Signatures are HMACs with the same key: whoever verifies the chain needs the key anyway (its rows are
 HMACs), and an exported checkpoint protects by being held elsewhere, not by who can check its signature.
@@ -26,6 +28,7 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 KEY_BYTES = 32
 _KEY_ID_LABEL = b"medannot audit key id"
@@ -35,6 +38,14 @@ log = logging.getLogger("medannotassist_server")
 
 class AuditKeyError(Exception):
     """The audit key is missing, unreadable, or not the chain's key: a setup problem, not tampering."""
+
+
+def wrong_key(chain: AuditChain, chain_key_id: str | None) -> str:
+    """Why ``chain``'s key cannot be used on a chain bound to ``chain_key_id``."""
+    return (
+        f"the audit key {chain.key_path} (key id {chain.key_id}) is not the key this audit chain was made with "
+        f"(key id {chain_key_id}): point --audit-key-file (MEDANNOT_AUDIT_KEY_FILE) at the chain's key"
+    )
 
 
 def key_id_of(key: bytes) -> str:
@@ -89,9 +100,19 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class Head(NamedTuple):
+    """The last row of one chain after a commit: chain 0 is the server-wide chain, else a project's id."""
+
+    chain: int
+    seq: int
+    hash: str
+    keyed_from: int
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    """Row ``seq`` of the chain had hash ``head`` at time ``at``; ``seal``: written when the key was bound."""
+    """Row ``seq`` of chain ``chain`` had hash ``head`` at time ``at``; ``seal``: written when the key was
+    bound. ``keyed_from``: the chain's first keyed row (a project chain's first row)."""
 
     seq: int
     head: str
@@ -100,13 +121,18 @@ class Checkpoint:
     key: str
     seal: bool
     sig: str = ""
+    chain: int = 0
+
+    def _fields(self) -> dict:
+        # chain 0 is left out: a server-wide checkpoint reads and signs as before there were project chains
+        return {name: value for name, value in asdict(self).items() if name != "chain" or value}
 
     def signed_text(self) -> bytes:
-        fields = {name: value for name, value in asdict(self).items() if name != "sig"}
+        fields = {name: value for name, value in self._fields().items() if name != "sig"}
         return _CHECKPOINT_LABEL + json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     def line(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n"
+        return json.dumps(self._fields(), sort_keys=True, separators=(",", ":")) + "\n"
 
     @classmethod
     def parse(cls, text: str) -> Checkpoint:
@@ -116,11 +142,13 @@ class Checkpoint:
         except json.JSONDecodeError as error:
             raise ValueError(f"not JSON ({error.msg})") from None
         expected = {"seq": int, "head": str, "keyed_from": int, "at": str, "key": str, "seal": bool, "sig": str}
-        if not isinstance(value, dict) or set(value) != set(expected):
-            raise ValueError(f"expected the fields {', '.join(sorted(expected))}")
-        for name, kind in expected.items():
-            if type(value[name]) is not kind:
+        if not isinstance(value, dict) or set(value) - {"chain"} != set(expected):
+            raise ValueError(f"expected the fields {', '.join(sorted(expected))} (and chain, a project's id)")
+        for name, kind in (expected | {"chain": int}).items():
+            if name in value and type(value[name]) is not kind:
                 raise ValueError(f"{name} is not a {kind.__name__}")
+        if value.get("chain", 1) < 1:
+            raise ValueError("chain is not a project id (the server-wide chain is not named)")
         return cls(**value)
 
 
@@ -162,8 +190,8 @@ class AuditChain:
         self._key_id = ""
         self._row_hmac = None
         self._lock = threading.Lock()
-        self._newest: tuple[int, str, int] | None = None  # (seq, hash, keyed_from) this process committed last
-        self._written_seq: int | None = None
+        self._newest: dict[int, Head] = {}  # per chain, the newest head this process committed
+        self._written: dict[int, int] = {}  # per chain, the row of this process's last checkpoint
         self._timer: threading.Timer | None = None
 
     @classmethod
@@ -196,10 +224,10 @@ class AuditChain:
         keyed.update(fields_text.encode("utf-8"))
         return keyed.hexdigest()
 
-    def sign(self, seq: int, head: str, keyed_from: int, seal: bool = False) -> Checkpoint:
-        unsigned = Checkpoint(seq, head, keyed_from, _utc_now(), self.key_id, seal)
+    def sign(self, seq: int, head: str, keyed_from: int, seal: bool = False, chain: int = 0) -> Checkpoint:
+        unsigned = Checkpoint(seq, head, keyed_from, _utc_now(), self.key_id, seal, chain=chain)
         signature = hmac.new(self.key, unsigned.signed_text(), hashlib.sha256).hexdigest()
-        return Checkpoint(seq, head, keyed_from, unsigned.at, unsigned.key, seal, signature)
+        return Checkpoint(seq, head, keyed_from, unsigned.at, unsigned.key, seal, signature, chain)
 
     def signature_holds(self, checkpoint: Checkpoint) -> bool:
         expected = hmac.new(self.key, checkpoint.signed_text(), hashlib.sha256).hexdigest()
@@ -216,40 +244,53 @@ class AuditChain:
         finally:
             os.close(descriptor)
 
-    def committed(self, seq: int, head: str, keyed_from: int) -> None:
-        """After a commit that appended rows up to ``seq``: checkpoint when ``every_rows`` rows have passed
-        since this process's last one (or on its first commit); otherwise within ``every_seconds``."""
+    def committed(self, heads: list[Head]) -> None:
+        """After a commit that appended rows up to these heads: a chain gets a checkpoint when ``every_rows``
+        rows have passed since this process's last one of it (or on its first commit); otherwise within
+        ``every_seconds``."""
         with self._lock:
-            if self._newest is None or seq > self._newest[0]:
-                self._newest = (seq, head, keyed_from)
-            if self._written_seq is None or seq - self._written_seq >= self.every_rows:
-                self._write_newest()
-            elif self._timer is None:
+            late = False
+            for head in heads:
+                newest = self._newest.get(head.chain)
+                if newest is None or head.seq > newest.seq:
+                    self._newest[head.chain] = head
+                written = self._written.get(head.chain)
+                if written is None or head.seq - written >= self.every_rows:
+                    self._write_newest(head.chain)
+                else:
+                    late = True
+            if late and self._timer is None:
                 self._timer = threading.Timer(self.every_seconds, self._on_timer)
                 self._timer.daemon = True
                 self._timer.start()
 
     def flush(self) -> None:
-        """Checkpoint the newest head this process committed, if not yet done (on shutdown, on demand)."""
+        """Checkpoint the newest head of each chain this process committed, if not yet done (on shutdown,
+        on demand)."""
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self._write_newest()
+            for chain in sorted(self._newest):
+                self._write_newest(chain)
 
     def _on_timer(self) -> None:
         with self._lock:
             self._timer = None
-            self._write_newest()
+            for chain in sorted(self._newest):
+                self._write_newest(chain)
 
-    def _write_newest(self) -> None:
-        if self._newest is None or (self._written_seq is not None and self._newest[0] <= self._written_seq):
+    def _write_newest(self, chain: int) -> None:
+        newest, written = self._newest.get(chain), self._written.get(chain)
+        if newest is None or (written is not None and newest.seq <= written):
             return
-        seq, head, keyed_from = self._newest
         # a checkpoint that cannot be written must not fail the request whose rows are committed already:
         # the rows stay in the chain, and the next checkpoint covers them
         try:
-            self.append(self.sign(seq, head, keyed_from))
-            self._written_seq = seq
+            self.append(self.sign(newest.seq, newest.hash, newest.keyed_from, chain=chain))
+            self._written[chain] = newest.seq
         except (OSError, AuditKeyError) as error:
-            log.error("audit checkpoint of row %d not written to %s: %s", seq, self.checkpoint_path, error)
+            log.error(
+                "audit checkpoint of row %d (chain %d) not written to %s: %s",
+                newest.seq, chain, self.checkpoint_path, error,
+            )  # fmt: skip

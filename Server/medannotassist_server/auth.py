@@ -16,11 +16,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from .errors import ApiError
-from .models import ADMIN, ROLES, ApiToken, Membership, Project, User, utcnow
+from .models import ADMIN, ROLES, ApiToken, AuthEpoch, Membership, Project, User, utcnow
 from .schemas import ProjectId
 
 TOKEN_PREFIX = "mat_"
@@ -145,18 +145,72 @@ def access(request: Request, project_id: ProjectId, _scheme=BEARER) -> ProjectAc
     with request.app.state.services.database.connection() as connection:
         params = {"token_hash": token_hash(token), "project_id": project_id}
         rows = connection.execute(_ACCESS, params).all()
-        if not rows:
-            raise ApiError(401, "invalid_token", "the API token is not valid")
-        first = rows[0]
-        if first.revoked_at is not None:
-            raise ApiError(401, "token_revoked", "the API token was revoked")
-        if first.expires_at is not None and first.expires_at <= utcnow():
-            raise ApiError(401, "token_expired", f"the API token expired at {first.expires_at.isoformat()}Z")
-        caller = Caller(first.user_id, first.name, first.is_site_admin, first.id)
-        roles = frozenset(row.role for row in rows if row.role is not None)
-        if not (roles or (caller.is_site_admin and connection.execute(_PROJECT_EXISTS, params).first())):
-            raise ApiError(404, "project_not_found", f"no project {project_id} (or you are not a member of it)")
-    return ProjectAccess(caller, project_id, roles)
+        found = access_of(rows, project_id, lambda: connection.execute(_PROJECT_EXISTS, params).first() is not None)
+    return checked(*found)
+
+
+def access_of(rows, project_id: int, project_exists) -> tuple[ProjectAccess, datetime | None]:
+    """The caller's access from the rows of ``_ACCESS`` (tuples in its column order), with the token's
+    expiry; 401 for an unknown or revoked token, 404 for a project that is not theirs."""
+    if not rows:
+        raise ApiError(401, "invalid_token", "the API token is not valid")
+    token_id, revoked_at, expires_at, user_id, name, is_site_admin, _role = rows[0]
+    if revoked_at is not None:
+        raise ApiError(401, "token_revoked", "the API token was revoked")
+    caller = Caller(user_id, name, bool(is_site_admin), token_id)
+    roles = frozenset(row[6] for row in rows if row[6] is not None)
+    if not (roles or (caller.is_site_admin and project_exists())):
+        raise ApiError(404, "project_not_found", f"no project {project_id} (or you are not a member of it)")
+    return ProjectAccess(caller, project_id, roles), expires_at
+
+
+def checked(found: ProjectAccess, expires_at: datetime | None) -> ProjectAccess:
+    """The access, unless its token expired (checked on every use, cached or not)."""
+    if expires_at is not None and expires_at <= utcnow():
+        raise ApiError(401, "token_expired", f"the API token expired at {expires_at.isoformat()}Z")
+    return found
+
+
+_BUMP_EPOCH = update(AuthEpoch).where(AuthEpoch.id == 1).values(epoch=AuthEpoch.epoch + 1)
+
+
+def auth_changed(session: Session) -> None:
+    """In the transaction of a revocation or a role change: every server process drops the tokens and roles
+    it cached (``AccessCache``) before its next claim, heartbeat or release."""
+    session.execute(_BUMP_EPOCH)
+
+
+class AccessCache:
+    """Accesses by (token hash, project) that the group-commit writer looked up, trusted while the auth
+    epoch it reads in each transaction is the one they were looked up under (a revocation or role change
+    raises it in its own transaction: the next transaction after its commit refuses the token), and for
+    at most ``max_age_s`` (changes made outside the server, such as an edit in the database)."""
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, max_age_s: float = 60.0):
+        self.max_age_s = max_age_s
+        self.epoch: int | None = None
+        self._entries: dict[tuple[str, int], tuple[float, ProjectAccess, datetime | None]] = {}
+
+    def sync(self, epoch: int | None) -> None:
+        """The epoch read in this transaction (None: no counter, so nothing is trusted)."""
+        if epoch is None or epoch != self.epoch:
+            self._entries.clear()
+        self.epoch = epoch
+
+    def get(self, key: tuple[str, int], now: float) -> tuple[ProjectAccess, datetime | None] | None:
+        entry = self._entries.get(key)
+        if entry is None or now - entry[0] > self.max_age_s:
+            return None
+        return entry[1], entry[2]
+
+    def put(self, key: tuple[str, int], now: float, found: tuple[ProjectAccess, datetime | None]) -> None:
+        if self.epoch is None:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key] = (now, *found)
 
 
 Access = Annotated[ProjectAccess, Depends(access)]

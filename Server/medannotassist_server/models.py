@@ -268,10 +268,12 @@ class Export(Base):
 
 class AuditEvent(Base):
     """One state change; ``hash`` (HMAC with the server's audit key) covers every field and the previous
-    row's hash."""
+    row's hash. ``chain``: 0 for the server-wide chain (events without a project, and every event made
+    before revision 0006), else the id of the project whose chain the row is in; ``seq`` counts per chain."""
 
     __tablename__ = "audit_events"
 
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, server_default="0")
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(64))
@@ -297,3 +299,26 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
     keyed_from: Mapped[int] = mapped_column(BigInteger, server_default="1")
     key_id: Mapped[str | None] = mapped_column(String(16))
+
+
+class AuditProjectHead(Base):
+    """The last row of one project's audit chain: locked by that project's writers only, so one project's
+    writes never wait on another's. Its rows are numbered from ``base + 1`` (a project that existed before
+    revision 0006 continues after the server-wide chain's rows, so its events stay in ``seq`` order)."""
+
+    __tablename__ = "audit_project_heads"
+
+    project_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    base: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuthEpoch(Base):
+    """One counter, raised in the transaction of every token revocation and role change: a server process
+    trusts the tokens and roles it cached only while the counter it read in the same transaction is unchanged."""
+
+    __tablename__ = "auth_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger)

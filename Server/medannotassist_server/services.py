@@ -22,6 +22,16 @@ class Services:
     settings: Settings
     database: Database
     blobs: BlobStore
+    writer: object | None = None  # the server process's group-commit writer (``group_commit.GroupCommit``)
+
+    def write(self, step):
+        """``step(session)`` in a write transaction, its result once committed: in the group-commit writer's
+        next batch when this process has one (one commit with the claims and heartbeats waiting, no turn of
+        its own on SQLite's one writer), else in a transaction of its own."""
+        if self.writer is not None:
+            return self.writer.write(step)
+        with self.database.writing() as session:
+            return step(session)
 
 
 def services(request: Request) -> Services:

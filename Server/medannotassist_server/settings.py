@@ -55,6 +55,12 @@ class Settings:
     job_max_attempts: int = field(default_factory=lambda: _env("job_max_attempts", 3, int))
     job_retry_seconds: float = field(default_factory=lambda: _env("job_retry_seconds", 30.0, float))
     dask_scheduler: str = field(default_factory=lambda: _env("dask_scheduler", ""))
+    # claims, heartbeats and releases: committed in batches by one writer per process (group_commit), at most
+    # batch_max to a transaction, waiting at most batch_wait_ms (capped at 2) for more under load; durability
+    # "full" fsyncs every batch, "relaxed" lets a power loss take the last fraction of a second of lease changes
+    durability: str = field(default_factory=lambda: _env("durability", "full"))
+    batch_max: int = field(default_factory=lambda: _env("batch_max", 64, int))
+    batch_wait_ms: float = field(default_factory=lambda: _env("batch_wait_ms", 0.5, float))
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)

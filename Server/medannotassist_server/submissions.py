@@ -141,85 +141,93 @@ def submit(
 
 
 def _record(services, caller, project, task, case, lease_id, key, sha256, size, metadata, request_sha256, overrides):
-    project_id = project.id
-    with services.database.writing() as session:
-        if key:
-            earlier = session.execute(
-                select(Submission).where(Submission.reader_id == caller.id, Submission.idempotency_key == key)
-            ).scalar_one_or_none()
-            if earlier is not None:
-                return 201, _stored_response(earlier, request_sha256), False
-        now = utcnow()
-        round_ = session.execute(
-            update(Task)
-            .where(
-                Task.id == task.id,
-                Task.project_id == project_id,
-                Task.lease_id == lease_id,
-                Task.holder_id == caller.id,
-                Task.state == LEASED,
-            )
-            .values(state=SUBMITTED, submitted_at=now, lease_expires_at=None)
-            .returning(Task.round)
-        ).scalar_one_or_none()
-        if round_ is None:
-            raise explain_refusal(session, caller, project_id, task.id, lease_id)
-        version = 1 + session.execute(select(func.count()).where(Submission.task_id == task.id)).scalar_one()
-        submission_id = session.execute(
-            insert(Submission)
-            .values(
-                project_id=project_id,
-                case_id=case.id,
-                task_id=task.id,
-                reader_id=caller.id,
-                round=round_,
-                version=version,
-                sha256=sha256,
-                size_bytes=size,
-                metadata_json=audit.canonical(metadata),
-                overrides_json=json.dumps(overrides),
-                idempotency_key=key,
-                request_sha256=request_sha256,
-                response_json="{}",
-                created_at=now,
-            )
-            .returning(Submission.id)
-        ).scalar_one()
-        open_tasks = session.execute(
-            select(func.count()).where(Task.case_id == case.id, Task.kind == ANNOTATE, Task.state != SUBMITTED)
-        ).scalar_one()
-        # a case with one reader needs no consensus: it moves on in this transaction
-        needs_consensus = open_tasks == 0 and project.readers_per_case > 1
-        if open_tasks == 0 and not needs_consensus:
-            locked = session.execute(select(Case).where(Case.id == case.id).with_for_update()).scalar_one()
-            if locked.state == ANNOTATING:
-                consensus_step.move_on(session, locked, project, sha256)
-        body = {
-            "submission_id": submission_id,
-            "task_id": task.id,
-            "case_id": case.id,
-            "reader": caller.name,
-            "round": round_,
-            "version": version,
-            "sha256": sha256,
-            "size_bytes": size,
-            "created_at": now.isoformat() + "Z",
-            "case_complete": open_tasks == 0,
-            "overrides": overrides,
-        }
-        session.execute(update(Submission).where(Submission.id == submission_id).values(response_json=json.dumps(body)))
-        audit.record(
-            session,
-            caller.name,
-            "submission.create",
-            "task",
-            task.id,
-            {"state": LEASED},
-            {"state": SUBMITTED, "submission_id": submission_id, "sha256": sha256, "version": version}
-            | ({"overrides": overrides} if overrides else {}),
-            project_id,
+    def step(session):
+        return _record_in(
+            session, caller, project, task, case, lease_id, key, sha256, size, metadata, request_sha256, overrides
         )
-        return 201, body, needs_consensus
+
+    return services.write(step)  # with the claims and heartbeats of the group-commit writer's next batch
+
+
+def _record_in(session, caller, project, task, case, lease_id, key, sha256, size, metadata, request_sha256, overrides):
+    project_id = project.id
+    if key:
+        earlier = session.execute(
+            select(Submission).where(Submission.reader_id == caller.id, Submission.idempotency_key == key)
+        ).scalar_one_or_none()
+        if earlier is not None:
+            return 201, _stored_response(earlier, request_sha256), False
+    now = utcnow()
+    round_ = session.execute(
+        update(Task)
+        .where(
+            Task.id == task.id,
+            Task.project_id == project_id,
+            Task.lease_id == lease_id,
+            Task.holder_id == caller.id,
+            Task.state == LEASED,
+        )
+        .values(state=SUBMITTED, submitted_at=now, lease_expires_at=None)
+        .returning(Task.round)
+    ).scalar_one_or_none()
+    if round_ is None:
+        raise explain_refusal(session, caller, project_id, task.id, lease_id)
+    version = 1 + session.execute(select(func.count()).where(Submission.task_id == task.id)).scalar_one()
+    submission_id = session.execute(
+        insert(Submission)
+        .values(
+            project_id=project_id,
+            case_id=case.id,
+            task_id=task.id,
+            reader_id=caller.id,
+            round=round_,
+            version=version,
+            sha256=sha256,
+            size_bytes=size,
+            metadata_json=audit.canonical(metadata),
+            overrides_json=json.dumps(overrides),
+            idempotency_key=key,
+            request_sha256=request_sha256,
+            response_json="{}",
+            created_at=now,
+        )
+        .returning(Submission.id)
+    ).scalar_one()
+    open_tasks = session.execute(
+        select(func.count()).where(Task.case_id == case.id, Task.kind == ANNOTATE, Task.state != SUBMITTED)
+    ).scalar_one()
+    # a case with one reader needs no consensus: it moves on in this transaction
+    needs_consensus = open_tasks == 0 and project.readers_per_case > 1
+    if open_tasks == 0 and not needs_consensus:
+        locked = session.execute(select(Case).where(Case.id == case.id).with_for_update()).scalar_one()
+        if locked.state == ANNOTATING:
+            consensus_step.move_on(session, locked, project, sha256)
+    body = {
+        "submission_id": submission_id,
+        "task_id": task.id,
+        "case_id": case.id,
+        "reader": caller.name,
+        "round": round_,
+        "version": version,
+        "sha256": sha256,
+        "size_bytes": size,
+        "created_at": now.isoformat() + "Z",
+        "case_complete": open_tasks == 0,
+        "overrides": overrides,
+    }
+    session.execute(update(Submission).where(Submission.id == submission_id).values(response_json=json.dumps(body)))
+    audit.record(
+        session,
+        caller.name,
+        "submission.create",
+        "task",
+        task.id,
+        {"state": LEASED},
+        {"state": SUBMITTED, "submission_id": submission_id, "sha256": sha256, "version": version}
+        | ({"overrides": overrides} if overrides else {}),
+        project_id,
+    )
+    return 201, body, needs_consensus
 
 
 def submission_view(row: Submission, reader: str) -> dict:

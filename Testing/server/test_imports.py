@@ -1,6 +1,7 @@
 """The server imports MedAnnotAssistLib.core only: never mrml, widgets, Slicer, VTK or Qt; and its own threads
-live in two modules: ``worker`` (the job workers and their heartbeats) and ``audit_keys`` (the audit
-checkpoint timer and the lock of its append file)."""
+live in three modules: ``worker`` (the job workers and their heartbeats), ``audit_keys`` (the audit
+checkpoint timer and the lock of its append file) and ``group_commit`` (the writer that commits claims,
+heartbeats and releases in batches, so the event loop never waits on the database)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 SERVER = Path(__file__).resolve().parents[2] / "Server" / "medannotassist_server"
 FORBIDDEN_TOP = {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MedAnnotAssist"}
 THREADS = {"threading", "_thread", "concurrent", "multiprocessing"}
-THREAD_MODULES = {"worker.py", "audit_keys.py"}
+THREAD_MODULES = {"worker.py", "audit_keys.py", "group_commit.py"}
 
 
 def _imports(path: Path):

@@ -22,7 +22,7 @@ def test_migrations_match_the_models(backend, database_for, tmp_path):
     try:
         with engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-            assert MigrationContext.configure(connection).get_current_revision() == "0005"
+            assert MigrationContext.configure(connection).get_current_revision() == "0006"
             tables = set(inspect(connection).get_table_names())
     finally:
         engine.dispose()

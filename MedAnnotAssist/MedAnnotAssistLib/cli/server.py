@@ -109,7 +109,7 @@ def cmd_verify_audit(args) -> int:
     result, status = _admin_call(verify_audit, _settings(args), args.anchor, export=getattr(args, "export", False))
     if status:
         return status
-    verdict, checkpoint = result
+    verdict, checkpoints = result
     if verdict.key_problem:
         print(f"error: {verdict.message}", file=sys.stderr)
         return EXIT_INVALID
@@ -117,8 +117,8 @@ def cmd_verify_audit(args) -> int:
         for problem in verdict.problems:
             print(problem, file=sys.stderr)
         return 1
-    print(verdict.message, file=sys.stderr if checkpoint else sys.stdout)
-    if checkpoint:
+    print(verdict.message, file=sys.stderr if checkpoints else sys.stdout)
+    for checkpoint in checkpoints:  # one line per chain: the server-wide one, then each project's
         print(checkpoint.line(), end="")
     return 0
 
@@ -148,6 +148,12 @@ def add_commands(commands) -> None:
         "--job-threads", type=int, help="consensus job threads per process (default 1; 0: `medannot worker` runs them)"
     )
     _dask_option(serve)
+    serve.add_argument(
+        "--durability",
+        choices=["full", "relaxed"],
+        help="full (default): every commit fsynced; relaxed: a power loss may take the last fraction of a second of "
+        "lease grants, heartbeats and releases (never a submission or a decision)",
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 
@@ -198,7 +204,7 @@ def add_commands(commands) -> None:
 
     export = actions.add_parser(
         "export-audit-checkpoint",
-        help="verify the audit chain, then sign a checkpoint of its head and print it (a JSON line) to keep elsewhere",
+        help="verify the audit chains, then sign a checkpoint of each head and print them (JSON lines) to keep",
     )
     export.add_argument("--anchor", action="append", type=Path, default=[], metavar="FILE", help="as for verify-audit")
     _database_options(export)

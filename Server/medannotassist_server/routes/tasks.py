@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
 from .. import claims, duties, review, submissions
 from ..auth import Access
-from ..errors import ApiError, not_found
-from ..models import ANNOTATE, ANNOTATOR, LEASED, REVIEW, REVIEWER, Case, Task
+from ..errors import not_found
+from ..group_commit import Op
+from ..hotpath import bearer_hash, body_schema, json_body, json_response
+from ..models import ANNOTATOR, LEASED, REVIEWER, Case, Task
 from ..schemas import ClaimRequest, HeartbeatRequest, ProjectId, ReleaseRequest, ReviewDecision, TaskId
 from ..services import Svc
 from .cases import Multipart
@@ -27,33 +29,28 @@ def _lease_seconds(services, requested: float | None) -> float:
     return min(requested or settings.lease_seconds, settings.max_lease_seconds)
 
 
-# The hot paths (claim, heartbeat, release) take the services from the request rather than from the ``Svc``
-# dependency (a sync dependency costs a hop to the thread pool) and answer with a JSONResponse (a plain
-# dict would be validated and serialized in another hop); ``response_model`` keeps the OpenAPI document.
+# The hot paths (claim, heartbeat, release) are async and touch no database themselves: the token, the body
+# and the work go to this process's group-commit writer, which answers once its batch committed. They
+# declare no dependency and no body parameter (each would cost a hop to the thread pool or FastAPI's body
+# machinery); ``openapi_extra`` and ``response_model`` keep the OpenAPI document.
 
 
-def _services(request: Request):
-    return request.app.state.services
+async def _call(request: Request, token: str, name: str, project_id: int, args: tuple, invalid=None) -> Response:
+    return json_response(await request.app.state.writer.call(Op(name, token, project_id, args, invalid)))
 
 
 @router.post(
-    "/claim", response_model=dict, summary="Lease the next task (priority, then age); task null when none is free"
+    "/claim",
+    response_model=dict,
+    summary="Lease the next task (priority, then age); task null when none is free",
+    openapi_extra=body_schema(ClaimRequest, required=False),
 )
-def claim(project_id: ProjectId, access: Access, request: Request, body: ClaimRequest | None = None) -> JSONResponse:
-    services = _services(request)
+async def claim(project_id: ProjectId, request: Request) -> Response:
+    token = bearer_hash(request)  # 401 before the body is read, as the dependency answered it
+    body, invalid = await json_body(request, ClaimRequest, required=False)
     body = body or ClaimRequest()
-    kinds = [kind for kind, role in ((ANNOTATE, ANNOTATOR), (REVIEW, REVIEWER)) if role in access.roles]
-    if body.kind is not None:
-        if body.kind not in kinds:
-            role = ANNOTATOR if body.kind == ANNOTATE else REVIEWER
-            raise ApiError(403, "forbidden", f"{body.kind} tasks need the {role} role in project {project_id}")
-        kinds = [body.kind]
-    if not kinds:
-        raise ApiError(403, "forbidden", "claiming needs the annotator or reviewer role in this project")
-    task = claims.claim(
-        services.database, access.caller, project_id, kinds, _lease_seconds(services, body.lease_seconds)
-    )
-    return JSONResponse({"task": task})
+    seconds = _lease_seconds(request.app.state.services, body.lease_seconds)
+    return await _call(request, token, "claim", project_id, (body.kind, seconds), invalid)
 
 
 @router.get("", summary="The caller's tasks that are leased now, with their lease ids")
@@ -81,21 +78,32 @@ def get_task(project_id: ProjectId, task_id: TaskId, access: Access, services: S
         return claims.task_view(task)
 
 
-@router.post("/{task_id}/heartbeat", response_model=dict, summary="Extend the lease (needs the lease_id of the claim)")
-def heartbeat(
-    project_id: ProjectId, task_id: TaskId, body: HeartbeatRequest, access: Access, request: Request
-) -> JSONResponse:
-    services = _services(request)
-    seconds = _lease_seconds(services, body.lease_seconds)
-    return JSONResponse(claims.heartbeat(services.database, access.caller, project_id, task_id, body.lease_id, seconds))
+@router.post(
+    "/{task_id}/heartbeat",
+    response_model=dict,
+    summary="Extend the lease (needs the lease_id of the claim)",
+    openapi_extra=body_schema(HeartbeatRequest, required=True),
+)
+async def heartbeat(project_id: ProjectId, task_id: TaskId, request: Request) -> Response:
+    token = bearer_hash(request)
+    body, invalid = await json_body(request, HeartbeatRequest, required=True)
+    if invalid is not None:
+        return await _call(request, token, "heartbeat", project_id, (), invalid)
+    seconds = _lease_seconds(request.app.state.services, body.lease_seconds)
+    return await _call(request, token, "heartbeat", project_id, (task_id, body.lease_id, seconds))
 
 
-@router.post("/{task_id}/release", response_model=dict, summary="Give the task back to the queue")
-def release(
-    project_id: ProjectId, task_id: TaskId, body: ReleaseRequest, access: Access, request: Request
-) -> JSONResponse:
-    database = _services(request).database
-    return JSONResponse(claims.release(database, access.caller, project_id, task_id, body.lease_id, body.reason))
+@router.post(
+    "/{task_id}/release",
+    response_model=dict,
+    summary="Give the task back to the queue",
+    openapi_extra=body_schema(ReleaseRequest, required=True),
+)
+async def release(project_id: ProjectId, task_id: TaskId, request: Request) -> Response:
+    token = bearer_hash(request)
+    body, invalid = await json_body(request, ReleaseRequest, required=True)
+    args = () if invalid is not None else (task_id, body.lease_id, body.reason)
+    return await _call(request, token, "release", project_id, args, invalid)
 
 
 @router.post(
