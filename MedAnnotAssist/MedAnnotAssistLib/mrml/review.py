@@ -159,12 +159,15 @@ class ReviewSession:
         self.disagreementNode = volumeFromArray(self.context, self.result.disagreement, ijkToRas, "Disagreement")
         _disagreementDisplay(self.disagreementNode)
 
-    def loadResult(self, consensusPath: str | Path, disagreementPath: str | Path | None = None):
+    def loadResult(
+        self, consensusPath: str | Path, disagreementPath: str | Path | None = None, name: str = "Consensus"
+    ):
         """The consensus the queue server computed (its ``.seg.nrrd``) and its disagreement map (``.nrrd``),
-        instead of ``compute()``: what a reviewer adjudicates is exactly what the server stored."""
+        instead of ``compute()``: what a reviewer adjudicates is exactly what the server stored. ``name``: the
+        node's (a one-reader case's proposal is that reader's segmentation, with no map)."""
         if self.consensusNode is not None:
             removeNodes(self.context.scene, [self.consensusNode.GetID()])
-        self.consensusNode = loadSegmentation(self.context, consensusPath, name="Consensus")
+        self.consensusNode = loadSegmentation(self.context, consensusPath, name=name)
         applyProtocol(self.consensusNode, self.protocol)
         if self.imageNode is not None:
             self.consensusNode.SetReferenceImageGeometryParameterFromVolumeNode(self.imageNode)

@@ -1,7 +1,9 @@
 """The Review section: the case's readers (each on or off in the views), the consensus and the disagreement
 map in the slice views and in 3-D, the agreement per structure (verdict, Dice, HD95) with what the final takes
 (the consensus, one reader's, or the reviewer's edit in the Segment Editor), reasons for a final that fails a
-blocking rule, Approve, and Return to a reader with a comment. Binds ``workflow.review.ReviewModel``."""
+blocking rule, Approve, and Return to a reader with a comment. A one-reader case has no consensus: that
+reader's segmentation is the proposal, shown in its place, with no disagreement map and "one reader" as the
+verdict. Binds ``workflow.review.ReviewModel``."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 COLOR_COLUMN, NAME_COLUMN, VERDICT_COLUMN, DICE_COLUMN, HD95_COLUMN, DECISION_COLUMN = range(6)
 CONSENSUS, EDITED, READER = "consensus", "edited", "reader:"
+ONE_READER = "one reader"  # the verdict of a one-reader case's rows (workflow.review_state.ONE_READER)
 
 
 def number(value: float | None, digits: int) -> str:
@@ -48,7 +51,7 @@ class ReviewPanel(Binding):
         self.decisionBoxes: dict[str, object] = {}  # structure id -> its "final from" combo box
         self._readers: tuple[str, ...] = ()
         self._structures: tuple[str, ...] = ()
-        self._comboReaders: tuple[str, ...] = ()
+        self._comboReaders: tuple = ()  # the readers (and the one reader) the decision boxes were made for
         self.selected: str | None = None  # the structure row the reviewer clicked (for "keep with reason")
         ui.agreementTable.cellClicked.connect(self.onCellClicked)
         ui.consensusCheckBox.clicked.connect(self.onShowConsensus)
@@ -111,24 +114,28 @@ class ReviewPanel(Binding):
         ui = self.ui
         stage = {
             "none": _("No review in hand."),
-            "waiting": _("{case}: the readers are still working; the consensus is awaited."),
+            "waiting": _("{case}: the readers are still working."),
             "loading": _("{case}: loading the readers and the consensus..."),
             "ready": _("{case}, consensus round {round}: {count} reader(s)"),
             "blinded": _("{case}: hidden until the case is approved."),
             "decided": _("{case}: decided."),
         }.get(state.stage, state.stage)
-        words = stage.format(case=state.case_name, round=state.round, count=len(state.readers))
+        if state.stage == "ready" and state.one_reader:
+            stage = _("{case}, round {round}: one reader ({reader}); their segmentation is the proposal")
+        words = stage.format(case=state.case_name, round=state.round, count=len(state.readers), reader=state.one_reader)
         colored(ui.reviewCaseLabel, words + (f"\n{state.blinded_text}" if state.blinded_text else ""))
         self._renderReaders(state)
         show = state.actions["show_disagreement"]
-        for box, checked in (
-            (ui.consensusCheckBox, state.consensus_visible),
-            (ui.disagreementSlicesCheckBox, state.disagreement_in_slices),
-            (ui.disagreement3DCheckBox, state.disagreement_in_3d),
+        proposal = _("The reader's segmentation, the proposal, in the views.") if state.one_reader else None
+        for box, checked, action, tip in (
+            (ui.consensusCheckBox, state.consensus_visible, state.actions["show_consensus"], proposal),
+            (ui.disagreementSlicesCheckBox, state.disagreement_in_slices, show, None),
+            (ui.disagreement3DCheckBox, state.disagreement_in_3d, show, None),
         ):
             with blocked(box):
                 box.setChecked(checked)
-            self.showAction(box, show)
+            self.showAction(box, action, tip)
+        ui.consensusCheckBox.setText(_("Proposal") if state.one_reader else _("Consensus"))
         self._renderRows(state)
         row = state.row(self.selected) if self.selected in self._structures else None
         can = bool(row and row.failures and not row.override and state.actions["edit"].enabled)
@@ -171,14 +178,14 @@ class ReviewPanel(Binding):
     def _renderRows(self, state: ReviewState) -> None:
         table = self.ui.agreementTable
         ids = tuple(row.structure_id for row in state.rows)
-        if ids != self._structures or self._readers != self._comboReaders:
-            self._structures, self._comboReaders = ids, self._readers
+        if ids != self._structures or (self._readers, state.one_reader) != self._comboReaders:
+            self._structures, self._comboReaders = ids, (self._readers, state.one_reader)
             table.setRowCount(len(ids))
             self.decisionBoxes = {}
             for index, row in enumerate(state.rows):
                 combo = qt.QComboBox()
                 combo.setObjectName(f"decision_{row.structure_id}")
-                combo.addItem(_("Consensus"), CONSENSUS)
+                combo.addItem(_("Proposal") if state.one_reader else _("Consensus"), CONSENSUS)
                 for reader in state.readers:
                     combo.addItem(reader.label, READER + reader.label)
                 combo.addItem(_("Your edit"), EDITED)
@@ -201,7 +208,7 @@ class ReviewPanel(Binding):
         kept = _("kept: {reason}").format(reason=row.override) if row.override else ""
         color = ERROR_COLOR if row.failures and not row.override else None
         setCell(table, index, NAME_COLUMN, row.name, "\n".join(w for w in (problems, kept) if w), color)
-        verdictColor = GOOD_COLOR if row.verdict == "agreed" else WARNING_COLOR
+        verdictColor = {"agreed": GOOD_COLOR, ONE_READER: None}.get(row.verdict, WARNING_COLOR)
         setCell(table, index, VERDICT_COLUMN, row.verdict, row.reason, verdictColor)
         setCell(table, index, DICE_COLUMN, number(row.dice, 2), _("The readers' mean pairwise Dice"))
         setCell(table, index, HD95_COLUMN, number(row.hd95_mm, 1), _("The readers' mean pairwise HD95 (mm)"))

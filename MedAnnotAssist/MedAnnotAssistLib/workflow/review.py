@@ -2,7 +2,9 @@
 structure (verdict, Dice, HD95), readers on and off, the disagreement map over the CT in the slice views and
 in volume rendering, a decision per structure (the consensus, one reader's, or the reviewer's edit), and
 Approve (the final must pass the protocol's blocking rules, or each failure gets a reason) or Return to
-readers with a comment.
+readers with a comment. A case with one reader has no consensus (the server moves it to review at the submit):
+the reader's segmentation is the proposal, shown as the consensus is, with no disagreement map and rows that
+say "one reader"; the decisions are the same.
 
 A review task comes from the task model (``begin``); ``open_case`` shows any case the caller may see (a
 reader sees nothing of the others' work until approval: the ``blinded`` stage). Downloads, the final's rule
@@ -25,7 +27,7 @@ import numpy as np
 from ..core.labelio import ReaderLabels, read_reader
 from ..core.protocol import Protocol
 from ..core.protocol_check import check_reader
-from ..core.queue_errors import Blinded, NotFound, ProtocolRejected
+from ..core.queue_errors import Blinded, NotFound, ProtocolRejected, QueueError
 from ..mrml.rendering import setupVolumeRendering
 from ..mrml.review import ReviewSession, showInSliceViews
 from ..mrml.segmentation import saveSegmentation
@@ -40,6 +42,7 @@ from .review_state import (
     EDITED,
     LOADING,
     NO_REVIEW,
+    ONE_READER,
     READER,
     READY,
     WAITING,
@@ -50,7 +53,15 @@ from .review_state import (
 from .task_state import error_text
 
 LOAD_JOB, CHECK_JOB, DECIDE_JOB, WAIT_JOB = "review files", "final check", "decision", "consensus wait"
+STILL_READING = "the readers are still working: waiting for their submissions"
 CT_CONTEXT_PRESET = "CT-Soft-Tissue"  # when the protocol names no volume rendering preset
+
+
+def _latest(submissions: list[dict]) -> list[dict]:
+    """The newest submission of each reader's task (a returned reader's new one replaces the earlier), as the
+    server's review takes them."""
+    newest = {item["task_id"]: item for item in sorted(submissions, key=lambda s: s["id"])}
+    return sorted(newest.values(), key=lambda s: s["id"])
 
 
 def _mean(values) -> float | None:
@@ -83,6 +94,7 @@ class ReviewModel(Model):
         self.task: dict | None = None
         self.case: dict | None = None
         self.consensus: dict | None = None
+        self.one_reader: str | None = None  # the single reader's name: their segmentation is the proposal
         self.submissions: list[dict] = []
         self.files: dict = {}
         self.review: ReviewSession | None = None
@@ -119,10 +131,24 @@ class ReviewModel(Model):
         folder = self.work_dir / f"case-{case_id}"
 
         def work(progress, cancel):
-            consensus = client.consensus(project_id, case_id)
             case = client.case(project_id, case_id)
-            ids = set(consensus.get("submission_ids") or [])
-            submissions = [s for s in client.submissions(project_id, case_id) if not ids or s["id"] in ids]
+            try:
+                consensus = client.consensus(project_id, case_id)
+            except NotFound as error:
+                if error.code != "consensus_not_found" or case["state"] == "annotating":
+                    raise  # readers still working: the model waits
+                consensus = None  # past annotating without one: a one-reader case
+            listed = client.submissions(project_id, case_id)
+            if consensus is None:
+                submissions = _latest(listed)
+                if len(submissions) != 1:  # the server computes one for two readers or more before review
+                    raise QueueError(
+                        f"case {case['name']} is {case['state']} with {len(submissions)} readers but no consensus:"
+                        " ask an admin to queue it again"
+                    )
+            else:
+                ids = set(consensus.get("submission_ids") or [])
+                submissions = [s for s in listed if not ids or s["id"] in ids]
             image = client.fetch_case(
                 project_id, case, cache, ai=False, progress=lambda f, m: progress(f / 4, m), cancel=cancel
             )
@@ -131,9 +157,13 @@ class ReviewModel(Model):
                 progress(index / (len(submissions) + 2), f"reader {index + 1} of {len(submissions)}")
                 target = folder / f"submission-{item['id']}.seg.nrrd"
                 files[item["id"]] = client.download_submission(project_id, item["id"], target).path
-            for part in ("consensus", "disagreement"):
-                suffix = ".seg.nrrd" if part == "consensus" else ".nrrd"
-                files[part] = client.download_consensus_part(project_id, case_id, part, folder / f"{part}{suffix}").path
+            if consensus is None:  # the proposal is the one reader's segmentation; nothing disagrees
+                files["consensus"], files["disagreement"] = files[submissions[0]["id"]], None
+            else:
+                for part in ("consensus", "disagreement"):
+                    suffix = ".seg.nrrd" if part == "consensus" else ".nrrd"
+                    target = folder / f"{part}{suffix}"
+                    files[part] = client.download_consensus_part(project_id, case_id, part, target).path
             if case.get("final_sha256"):
                 files["final"] = client.download_final(project_id, case_id, folder / "final.seg.nrrd").path
             return case, consensus, submissions, files
@@ -147,7 +177,7 @@ class ReviewModel(Model):
             self.tell("hidden until the case is approved: the readers' work is blind to each other")
         elif isinstance(error, NotFound) and error.code == "consensus_not_found":
             self.stage, self._next_wait = WAITING, self.clock() + self.poll_s
-            self.tell("the readers are still working: waiting for the consensus")
+            self.tell(STILL_READING)
         else:
             self.stage = NO_REVIEW
             self.tell(f"review: {error_text(error)}", error=True)
@@ -156,18 +186,26 @@ class ReviewModel(Model):
     def _loaded(self, answer) -> None:
         case, consensus, submissions, files = answer
         self.case, self.consensus, self.submissions, self.files = case, consensus, submissions, files
+        self.one_reader = submissions[0]["reader"] if consensus is None else None
         review = ReviewSession(self.context, self.protocol)
         review.imageNode = loadVolume(self.context, files["image"], name=case["name"])  # it leaves with the review
         applyWindow(review.imageNode, self.protocol)  # the readers' window, not the whole range of the scan
         for item in submissions:  # named as the view shows them: anonymous readers stay so in the scene too
             review.addReaderFile(files[item["id"]], name=self._label(item["reader"]))
-        review.loadResult(files["consensus"], files["disagreement"])
+        proposal = "Consensus" if consensus else f"Proposal ({self._label(self.one_reader)})"
+        review.loadResult(files["consensus"], files["disagreement"], name=proposal)
         self.review = review
         if "final" in files:
             self.final_node = review.loadFinal(files["final"])
-        self.show_disagreement(slices=True, volume=True)
+        if consensus:
+            self.show_disagreement(slices=True, volume=True)
+        else:  # no map to lay over it: the CT alone in the slice views
+            showInSliceViews(self.context.scene, None, 0.0, review.imageNode)
         self.stage = READY
-        self.tell(f"case {case['name']}: {len(submissions)} reader(s), consensus round {consensus.get('round')}")
+        if consensus:
+            self.tell(f"case {case['name']}: {len(submissions)} reader(s), consensus round {consensus.get('round')}")
+        else:
+            self.tell(f"case {case['name']}: one reader, round {case.get('round')}: their segmentation is the proposal")
         self.check_final()
         self.emit("loaded")
         self.refresh()
@@ -201,7 +239,8 @@ class ReviewModel(Model):
             )
             for s in self.submissions
         )
-        rows = tuple(self._row(structure) for structure in (self.protocol.structures if self.consensus else ()))
+        loaded = self.consensus or self.one_reader
+        rows = tuple(self._row(structure) for structure in (self.protocol.structures if loaded else ()))
         problems = tuple(
             f"{self.protocol.structure(sid).name}: {message} (no reason given)"
             for sid, found in self.failures.items()
@@ -221,7 +260,11 @@ class ReviewModel(Model):
             "edit": first_off(
                 (not deciding, "no review task in hand"),
             ),
+            "show_consensus": first_off(
+                (self.review is None or self.review.consensusNode is None, "no consensus loaded"),
+            ),
             "show_disagreement": first_off(
+                (self.one_reader is not None, "one reader: no disagreement map"),
                 (self.review is None or self.review.disagreementNode is None, "no disagreement map"),
             ),
         }
@@ -229,7 +272,7 @@ class ReviewModel(Model):
             self.stage,
             self.case["id"] if self.case else None,
             self.case.get("name", "") if self.case else "",
-            (self.consensus or {}).get("round"),
+            (self.case or {}).get("round") if self.one_reader else (self.consensus or {}).get("round"),
             readers,
             rows,
             self.consensus_visible,
@@ -241,20 +284,19 @@ class ReviewModel(Model):
             self.message,
             self.message_is_error,
             actions,
+            self._label(self.one_reader) if self.one_reader else None,
         )
 
     def _row(self, structure) -> AgreementRow:
-        agreement = next(
-            (
-                item
-                for item in (self.consensus.get("agreement", {}).get("structures") or {}).values()
-                if item.get("structure_id") == structure.id
-            ),
-            {},
-        )
+        if self.one_reader:
+            agreement = {"verdict": ONE_READER, "reason": "nothing to compare: their segmentation is the proposal"}
+        else:
+            found = (self.consensus.get("agreement", {}).get("structures") or {}).values()
+            agreement = next((item for item in found if item.get("structure_id") == structure.id), {})
         pairs = agreement.get("pairwise") or []
         kind, reader = self.decisions.get(structure.id, (CONSENSUS, None))
-        text = {CONSENSUS: "the consensus", EDITED: "your edit"}.get(kind) or self._label(reader)
+        proposal = f"the proposal ({self._label(self.one_reader)})" if self.one_reader else "the consensus"
+        text = {CONSENSUS: proposal, EDITED: "your edit"}.get(kind) or self._label(reader)
         failures = tuple(message for _rule, message in self.failures.get(structure.id, []))
         reasons = [self._reason(structure.id, rule) for rule, _ in self.failures.get(structure.id, [])]
         return AgreementRow(
@@ -294,6 +336,7 @@ class ReviewModel(Model):
         return True
 
     def show_consensus(self, visible: bool = True) -> bool:
+        """The consensus in the views (with one reader: the proposal, their segmentation)."""
         if self.review is None or self.review.consensusNode is None:
             return self._told("show: no consensus loaded")
         self.review.consensusNode.GetDisplayNode().SetVisibility(bool(visible))
@@ -508,7 +551,11 @@ class ReviewModel(Model):
 
             def ready(case) -> None:
                 self.case = case
-                if case["state"] != "annotating" and self.stage == WAITING:
+                if self.stage != WAITING:
+                    return
+                if case["state"] == "annotating":
+                    self.tell(STILL_READING)
+                else:  # in review or approved: a consensus, or with one reader their segmentation
                     self._load()
 
             self.background.start(

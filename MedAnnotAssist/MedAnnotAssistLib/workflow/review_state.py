@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from .events import Action
 
-# stages of a review: nothing open; readers still working (the consensus is polled); the case's files on
+# stages of a review: nothing open; readers still working (the case is polled); the case's files on
 # their way; ready to decide; hidden from the caller (a reader of the case before its approval); decided
 NO_REVIEW, WAITING, LOADING, READY, BLINDED, DECIDED = "none", "waiting", "loading", "ready", "blinded", "decided"
 CONSENSUS, READER, EDITED = "consensus", "reader", "edited"
-REVIEW_ACTIONS = ("approve", "return", "edit", "show_disagreement")
+ONE_READER = "one reader"  # a row's verdict when the case has a single reader: nothing to compare
+REVIEW_ACTIONS = ("approve", "return", "edit", "show_consensus", "show_disagreement")
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,11 @@ class AgreementRow:
     structure_id: str
     name: str
     color: str
-    verdict: str  # "agreed" or "needs adjudication" (the protocol's agreement setting)
+    verdict: str  # "agreed" or "needs adjudication" (the protocol's agreement setting), or "one reader"
     reason: str
     dice: float | None  # the readers' pairwise mean
     hd95_mm: float | None
-    decision: str  # consensus, reader, edited
+    decision: str  # consensus (with one reader: the proposal, their segmentation), reader, edited
     reader: str | None  # for a reader's decision: the reader's name
     decision_text: str
     failures: tuple[str, ...]  # blocking rules the approved final would fail here
@@ -58,6 +59,9 @@ class ReviewState:
     message: str
     message_is_error: bool
     actions: Mapping[str, Action]
+    # a case with one reader has no consensus: their segmentation is the proposal (the server approves it
+    # for "accept_consensus"); their label here, None for a case with a consensus
+    one_reader: str | None = None
 
     def row(self, structure_id: str) -> AgreementRow:
         return next(r for r in self.rows if r.structure_id == structure_id)

@@ -121,9 +121,8 @@ class Workstation:
         elif event.name == "loaded":
             review = self.review
             final = getattr(review, "final_node", None)
-            node, what = (
-                (final, "the approved final") if final is not None else (review.review.consensusNode, "the consensus")
-            )
+            proposal = "the consensus" if getattr(review, "one_reader", None) is None else "the reader's proposal"
+            node, what = (final, "the approved final") if final is not None else (review.review.consensusNode, proposal)
             self.export.set_case(node, review.protocol, review.case["name"], what)
             self.export.set_dicom_source(None)
 
