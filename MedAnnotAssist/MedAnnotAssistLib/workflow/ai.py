@@ -230,11 +230,6 @@ class AIModel(Model):
             self.tell(f"{type(error).__name__}: {error}", error=True)
         self.refresh()
 
-    def _told(self, text: str) -> bool:
-        self.tell(text, error=True)
-        self.refresh()
-        return False
-
     def poll(self) -> bool:
         """Hand finished jobs over (on this thread) and announce changes: the model's own pump."""
         handed = self.background.poll()

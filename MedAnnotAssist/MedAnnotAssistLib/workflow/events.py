@@ -111,6 +111,12 @@ class Model(Observable):
         if error:
             log.info("%s: %s", type(self).__name__, message)
 
+    def _told(self, text: str) -> bool:
+        """An action that did nothing: say why, announce it, and answer False."""
+        self.tell(text, error=True)
+        self.refresh()
+        return False
+
 
 def wait_until(pump: Callable[[], object], condition: Callable[[], bool], timeout_s: float = 60.0, step_s=0.02):
     """Call ``pump()`` (a model's or the workstation's ``poll``) until ``condition()`` holds; ``TimeoutError``

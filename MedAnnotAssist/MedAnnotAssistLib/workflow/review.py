@@ -535,11 +535,6 @@ class ReviewModel(Model):
             self.tell(f"review: {error_text(error)}", error=True)
         self.refresh()
 
-    def _told(self, text: str) -> bool:
-        self.tell(text, error=True)
-        self.refresh()
-        return False
-
     # ---- the pump -------------------------------------------------------------------------------------------
 
     def poll(self) -> bool:
