@@ -27,6 +27,7 @@ from MedAnnotAssistLib.workflow.workstation import SHORTCUT_KEYS
 
 from .review_section import review_section
 from .sections import ai_section, protocol_section, questions_section, task_section, tid
+from .views import undo_redo
 
 EFFECTS = {
     "none": ("No tool", "mdi-cursor-default", SegmentationEffectNoTool),
@@ -196,10 +197,12 @@ class Page:
         self.desk.task.touch()
 
     def undo(self):
-        self.editor_ui.undo_clicked()
+        undo_redo(self.editor_ui.undo_clicked, self.desk.protocol.session)
+        self._did()
 
     def redo(self):
-        self.editor_ui.redo_clicked()
+        undo_redo(self.editor_ui.redo_clicked, self.desk.protocol.session)
+        self._did()
 
     def touch(self):
         self.desk.task.touch()
@@ -291,7 +294,9 @@ class Page:
     def _editor_toolbar(self) -> None:
         names = self.editor_state.name
         with html.Div(
-            classes="d-flex align-center px-2", v_if=("task.task || review.stage === 'ready'",), **tid("editor-toolbar")
+            classes="d-flex flex-wrap align-center px-2",
+            v_if=("task.task || review.stage === 'ready'",),
+            **tid("editor-toolbar"),
         ):
             for name, (label, icon, _effect) in EFFECTS.items():
                 v3.VBtn(
@@ -303,6 +308,6 @@ class Page:
                     variant="text",
                     **tid(f"effect-{name}"),
                 )
-            v3.VSpacer()
+            v3.VDivider(vertical=True, classes="mx-1")
             v3.VBtn(icon="mdi-undo", click=self.undo, disabled=(f"!{names.can_undo}",), size="small", **tid("undo"))
             v3.VBtn(icon="mdi-redo", click=self.redo, disabled=(f"!{names.can_redo}",), size="small", **tid("redo"))

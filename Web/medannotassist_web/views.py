@@ -4,6 +4,8 @@ the protocol (or the review) selects is the editor's."""
 
 from __future__ import annotations
 
+import numpy as np
+import slicer
 from trame_slicer.app.logic import SegmentEditorLogic
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
@@ -57,3 +59,24 @@ class Views:
 
     def active_segment_id(self) -> str:
         return self.editor.get_active_segment_id()
+
+
+def undo_redo(step, session) -> list[str]:
+    """Undo or redo (``step``) on the open case, and tell its session which structures it changed.
+
+    trame-slicer's undo restores a whole copy of the segmentation (``vtkSegmentation.DeepCopy``), which fires
+    no ``SourceRepresentationModified``: the session would not see the change (its rules and volumes would
+    stay those of the undone stroke). The structures whose masks differ are announced as Slicer's own undo
+    announces them. The structures changed.
+    """
+    if session is None or session.closed:
+        step()
+        return []
+    ids = [s.id for s in session.protocol.structures if s.kind == "segment"]
+    before = {sid: session.mask(sid) for sid in ids}
+    step()
+    changed = [sid for sid in ids if not np.array_equal(before[sid], session.mask(sid))]
+    segmentation = session.segmentationNode.GetSegmentation()
+    for sid in changed:
+        segmentation.InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified, session.segmentId(sid))
+    return changed
