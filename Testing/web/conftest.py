@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from Testing.conftest import REPO
-from Testing.workflow.conftest import ai_liver, make_study, protocol, queue  # noqa: F401 (fixtures)
-from Testing.workflow.conftest import database_for, postgres_cluster, start_queue  # noqa: F401 (fixtures)
+from Testing.workflow.conftest import ai_liver, database_for, make_study, postgres_cluster, protocol, queue, start_queue  # noqa: F401 (fixtures)  # noqa: F401 (fixtures)
 
 CHROMIUM = Path(os.environ.get("MEDANNOT_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(os.environ.get("MEDANNOT_WEB_SHOTS", REPO / "var" / "web-shots"))  # the tests' screenshots

@@ -94,9 +94,13 @@ def answer(page, question_id: str, value: str) -> None:
 
 
 def keep_blocking(page, reason: str) -> None:
-    """A reason for every structure a rule blocks, typed in the protocol section (Keep)."""
-    blocked = [r["structure_id"] for r in client_state(page)["protocol"]["rows"] if r["blocking"]]
-    for structure_id in blocked:
+    """A reason for every structure a rule blocks, typed in the protocol section (Keep), once the rules ran."""
+    while True:
+        state = wait_for(page, lambda s: not s["protocol"]["checking"], "the rules checked")
+        blocked = [r["structure_id"] for r in state["protocol"]["rows"] if r["blocking"]]
+        if not blocked:
+            return
+        structure_id = blocked[0]
         page.get_by_test_id(f"row-{structure_id}").click()
         wait_for(page, lambda s, sid=structure_id: s["protocol"]["selected"] == sid, f"{structure_id} selected")
         page.get_by_test_id("override-reason").locator("input").fill(reason)
@@ -107,7 +111,8 @@ def keep_blocking(page, reason: str) -> None:
 def make_ready(page, reason: str = "kept as it is for this test") -> None:
     answer(page, "lung_rads", "1")
     keep_blocking(page, reason)
-    wait_for(page, lambda s: s["task"]["actions"]["submit"]["enabled"], "Submit on")
+    state = client_state(page)
+    wait_for(page, lambda s: s["task"]["actions"]["submit"]["enabled"], f"Submit on ({state['task']['actions']})")
 
 
 def submit(page) -> dict:

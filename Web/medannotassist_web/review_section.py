@@ -108,7 +108,13 @@ def review_section(page) -> None:
                     hide_details=True,
                     **tid("review-reason"),
                 )
-                v3.VBtn("Keep", click=page.review_keep, size="x-small", classes="ma-1", **tid("review-keep"))
+                v3.VBtn(
+                    "Keep",
+                    click=(page.review_keep, "[review_selected, review_reason]"),
+                    size="x-small",
+                    classes="ma-1",
+                    **tid("review-keep"),
+                )
             html.Div("Checking the final against the protocol...", v_if=("review.checking",), classes="text-caption")
             with html.Div(v_if=("review.final_problems.length",), classes="text-caption text-error"):
                 html.Div("Before Approve:")
@@ -134,6 +140,12 @@ def review_section(page) -> None:
                     hide_details=True,
                     **tid("return-comment"),
                 )
-                v3.VBtn("Return", click=page.return_to_reader, size="small", classes="ma-1", **tid("return-confirm"))
+                v3.VBtn(
+                    "Return",
+                    click=(page.return_to_reader, "[return_reader, return_comment]"),
+                    size="small",
+                    classes="ma-1",
+                    **tid("return-confirm"),
+                )
                 v3.VBtn("Cancel", click="ask = ''", size="small", variant="text", classes="ma-1")
             message("review", "review-message")

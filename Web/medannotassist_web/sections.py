@@ -124,7 +124,7 @@ def task_section(page) -> None:
                     hide_details=True,
                     **tid("skip-reason"),
                 )
-                v3.VBtn("Skip", click=page.skip, size="small", classes="ma-1", **tid("skip-confirm"))
+                v3.VBtn("Skip", click=(page.skip, "[skip_reason]"), size="small", classes="ma-1", **tid("skip-confirm"))
                 v3.VBtn("Cancel", click="ask = ''", size="small", variant="text", classes="ma-1")
             with html.Div(v_if=("ask === 'release'",), classes="mt-1", **tid("release-dialog")):
                 html.Div("Give the case back to the queue? Your work on it is not sent.", classes="text-caption")
@@ -213,7 +213,13 @@ def protocol_section(page) -> None:
                     hide_details=True,
                     **tid("override-reason"),
                 )
-                v3.VBtn("Keep", click=page.override, size="x-small", classes="ma-1", **tid("override-keep"))
+                v3.VBtn(
+                    "Keep",
+                    click=(page.override, "[override_reason]"),
+                    size="x-small",
+                    classes="ma-1",
+                    **tid("override-keep"),
+                )
             html.Div(
                 "Submit: {{ protocol.gate.enabled ? 'ready' : protocol.gate.reason }}",
                 classes=("protocol.gate.enabled ? 'text-success text-caption' : 'text-caption text-warning'",),

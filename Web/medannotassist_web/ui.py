@@ -100,8 +100,9 @@ class Page:
     def ask_skip(self):
         self.state.ask = "skip"
 
-    def skip(self):
-        if self.desk.task.skip(self.state.skip_reason or ""):
+    def skip(self, reason):
+        """``reason``: the field's text as the browser has it (a click can overtake the field's last update)."""
+        if self.desk.task.skip(reason or ""):
             self.state.ask, self.state.skip_reason = "", ""
         self._did()
 
@@ -128,10 +129,10 @@ class Page:
         calls = {"done": protocol.mark_done, "absent": protocol.declare_absent, "revert": protocol.revert}
         self._did(calls[action]())
 
-    def override(self):
+    def override(self, reason):
         protocol = self.desk.protocol
         selected = protocol.state.selected
-        if selected and protocol.override(selected, None, self.state.override_reason or ""):
+        if selected and protocol.override(selected, None, reason or ""):
             self.state.override_reason = ""
         self._did()
 
@@ -176,18 +177,16 @@ class Page:
         elif isinstance(choice, str) and choice.startswith("reader:"):
             self._did(review.take_reader(structure_id, choice.removeprefix("reader:")))
 
-    def review_keep(self):
-        selected = self.state.review_selected
-        if selected and self.desk.review.override(selected, None, self.state.review_reason or ""):
+    def review_keep(self, selected, reason):
+        if selected and self.desk.review.override(selected, None, reason or ""):
             self.state.review_reason = ""
         self._did()
 
     def approve(self):
         self._did(self.desk.review.approve())
 
-    def return_to_reader(self):
-        reader, comment = self.state.return_reader, self.state.return_comment or ""
-        if self.desk.review.return_to_readers({str(reader or ""): comment}):
+    def return_to_reader(self, reader, comment):
+        if self.desk.review.return_to_readers({str(reader or ""): comment or ""}):
             self.state.ask, self.state.return_comment = "", ""
         self._did()
 
