@@ -63,7 +63,7 @@ def review_section(page) -> None:
                 )
             with v3.VTable(density="compact", v_if=("review.rows.length",), **tid("agreement-table")):
                 with html.Thead(), html.Tr():
-                    for header in ("", "Structure", "Agreement", "Dice", "HD95 mm", "Decision"):
+                    for header in ("", "Structure", "Agreement", "Dice / HD95", "Decision"):
                         html.Th(header)
                 with (
                     html.Tbody(),
@@ -87,8 +87,9 @@ def review_section(page) -> None:
                         title=("row.reason",),
                         classes=("row.verdict === 'agreed' ? 'text-success verdict' : 'text-warning verdict'",),
                     )
-                    html.Td("{{ row.dice == null ? '-' : row.dice.toFixed(2) }}", classes="dice")
-                    html.Td("{{ row.hd95_mm == null ? '-' : row.hd95_mm.toFixed(1) }}")
+                    with html.Td(title="the readers' mean pairwise Dice and HD95 (mm)", style="white-space: nowrap"):
+                        html.Span("{{ row.dice == null ? '-' : row.dice.toFixed(2) }}", classes="dice")
+                        html.Span("{{ row.hd95_mm == null ? '' : ' / ' + row.hd95_mm.toFixed(1) }}", classes="hd95")
                     with html.Td():
                         v3.VSelect(
                             items=(DECISIONS,),

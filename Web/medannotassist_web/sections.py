@@ -249,7 +249,9 @@ def questions_section(page) -> None:
 
 
 def ai_section(page) -> None:
-    with v3.VCard(variant="flat", classes="mb-2", v_if=("task.task",), **tid("ai-section")):
+    with v3.VCard(
+        variant="flat", classes="mb-2", v_if=("task.task && task.task.kind === 'annotate'",), **tid("ai-section")
+    ):
         v3.VCardTitle("AI", classes="text-subtitle-1")
         with v3.VCardText():
             v3.VSelect(

@@ -229,7 +229,7 @@ class Page:
             client.Script(keyboard_script())
             self._app_bar()
             with (
-                v3.VNavigationDrawer(permanent=True, width=470, location="left", **tid("panel")),
+                v3.VNavigationDrawer(permanent=True, width=500, location="left", **tid("panel")),
                 html.Div(classes="pa-2"),
             ):
                 task_section(self)
@@ -237,7 +237,7 @@ class Page:
                 questions_section(self)
                 ai_section(self)
                 review_section(self)
-            with v3.VNavigationDrawer(permanent=True, width=300, location="right", **tid("effect-panel")):
+            with v3.VNavigationDrawer(permanent=True, width=280, location="right", **tid("effect-panel")):
                 self.editor_ui = SegmentEditorUI(v_if=("task.task || review.stage === 'ready'",))
                 self.views.editor_logic.set_ui(self.editor_ui)
             with v3.VMain(), html.Div(classes="d-flex flex-column", style="height: 100%;"):
