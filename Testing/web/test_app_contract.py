@@ -31,3 +31,12 @@ def test_without_a_token_it_says_where_the_token_goes(study):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "set MEDANNOT_TOKEN to the user's token" in done.stderr
+
+
+def test_a_taken_port_is_told_in_one_line(study, start_app):
+    app = start_app(study.a, study.queue.url)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO / 'MedAnnotAssist'}:{REPO / 'Web'}", "MEDANNOT_TOKEN": "t"}
+    command = [sys.executable, "-m", "medannotassist_web.app", "--port", str(app.port), "--server", study.queue.url]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"medannot-web: cannot listen on 127.0.0.1:{app.port}: Address already in use" in done.stderr

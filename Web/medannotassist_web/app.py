@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -115,6 +116,11 @@ def build(server, options, token: str):
     return desk, pump, page
 
 
+def cannot_listen(options, error: OSError) -> int:
+    print(f"medannot-web: cannot listen on {options.host}:{options.port}: {os.strerror(error.errno)}", file=sys.stderr)
+    return 1
+
+
 def main(argv=None) -> int:
     options = parse(argv)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -125,6 +131,11 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:  # a taken port is told at once, before the scene is built
+        with socket.create_server((options.host, options.port)):
+            pass
+    except OSError as error:
+        return cannot_listen(options, error)
     if options.data_dir is None:
         options.data_dir = Path(tempfile.mkdtemp(prefix="medannot-web-"))
     options.data_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +178,8 @@ def main(argv=None) -> int:
             disable_logging=True,
             timeout=0,
         )  # the launcher reaps idle sessions, not trame
+    except OSError as error:  # the port is taken: the launcher picks another
+        return cannot_listen(options, error)
     finally:
         pump.stop()
         desk.close()
