@@ -11,18 +11,10 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
+from ..workflow.workstation import SHORTCUT_KEYS as KEYS
+
 if TYPE_CHECKING:
     from ..workflow.workstation import Workstation
-
-# Ctrl+Shift keeps clear of the Segment Editor's single keys (1-9, Escape, Space) and of typing in fields.
-KEYS = {
-    "next_structure": "Ctrl+Shift+Down",
-    "previous_structure": "Ctrl+Shift+Up",
-    "accept": "Ctrl+Shift+A",
-    "reject": "Ctrl+Shift+R",
-    "submit": "Ctrl+Shift+Return",
-    "next_case": "Ctrl+Shift+N",
-}
 
 
 class Shortcuts:

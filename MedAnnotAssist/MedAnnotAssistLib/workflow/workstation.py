@@ -30,6 +30,17 @@ from .review import ReviewModel
 from .settings import WorkstationSettings
 from .task import TaskModel
 
+# the keys of ``shortcuts()`` in Slicer and in the browser; Ctrl+Shift keeps clear of the Segment Editor's single
+# keys (1-9, Escape, Space) and of typing in fields
+SHORTCUT_KEYS = {
+    "next_structure": "Ctrl+Shift+Down",
+    "previous_structure": "Ctrl+Shift+Up",
+    "accept": "Ctrl+Shift+A",
+    "reject": "Ctrl+Shift+R",
+    "submit": "Ctrl+Shift+Return",
+    "next_case": "Ctrl+Shift+N",
+}
+
 
 @dataclass(frozen=True)
 class Shortcut:

@@ -1,0 +1,135 @@
+"""The browser annotator end to end, against the real queue server, in Debian's Chromium: an annotator signs in,
+claims, sees the AI pre-segmentation, paints on a structure and submits; two annotators work at the same time
+in two browser contexts, each on their own app process, and neither page ever holds the other's name, token or
+segments; the reviewer sees the agreement table and approves."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import shot
+from .pages import (
+    claim,
+    client_state,
+    make_ready,
+    model,
+    never_shows,
+    open_page,
+    paint_stroke,
+    row,
+    signed_in,
+    submit,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def submissions(study) -> list[dict]:
+    admin = study.admin
+    return admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}/submissions"))
+
+
+def test_an_annotator_claims_sees_the_ai_paints_and_submits(study, start_app, browser):
+    app = start_app(study.a, study.queue.url)
+    page = open_page(browser, app)
+    state = signed_in(page)
+    assert state["task"]["user"] == study.a.name
+    assert page.get_by_test_id("user").inner_text().strip() == study.a.name
+    assert "Signed in as" in page.get_by_test_id("task-connection").inner_text()
+
+    state = claim(page)
+    liver = row(state, "liver")
+    assert liver["state"] == "suggested" and liver["ai"].startswith("AI: totalsegmentator")
+    assert page.get_by_test_id("row-liver").locator(".ai-badge").is_visible()
+    before = liver["voxels"]
+    shot(page, "claimed")
+
+    paint_stroke(page, "liver")
+    state = wait_for(page, lambda s: row(s, "liver")["voxels"] > before, "the painted voxels")
+    assert row(state, "liver")["state"] == "refined"
+    shot(page, "painted")
+
+    page.get_by_test_id("undo").click()  # undo and redo go through trame-slicer's stack
+    wait_for(page, lambda s: row(s, "liver")["voxels"] == before, "the stroke undone")
+    page.get_by_test_id("redo").click()
+    wait_for(page, lambda s: row(s, "liver")["voxels"] > before, "the stroke redone")
+
+    make_ready(page)
+    state = submit(page)
+    assert "submitted" in state["task"]["message"]
+    [submission] = submissions(study)
+    assert submission["reader"] == study.a.name
+    history = [e["event"] for e in submission["metadata"]["segments"]["liver"]["history"]]
+    assert history[0] == "proposed" and "edited" in history
+    assert app.stop() == 0  # SIGTERM: a clean exit
+
+
+def test_two_annotators_at_once_stay_blind_and_the_reviewer_approves(study, start_app, browser):
+    apps = {who.name: start_app(who, study.queue.url) for who in (study.a, study.b)}
+    pages = {name: open_page(browser, app) for name, app in apps.items()}
+    other = {study.a.name: study.b, study.b.name: study.a}
+
+    def blind() -> None:
+        for name, page in pages.items():
+            never_shows(page, other[name].name, other[name].token, study.reviewer.token, study.admin.token)
+            assert study.a.token not in page.content() and study.b.token not in page.content()
+
+    for page in pages.values():
+        claim(page)
+    tasks = {name: model(page, "task")["task"]["id"] for name, page in pages.items()}
+    assert len(set(tasks.values())) == 2  # the case's two tasks, one each
+    blind()
+    paint_stroke(pages[study.a.name], "liver")
+    for page in pages.values():
+        make_ready(page)
+    for page in pages.values():  # both Submits in flight together
+        page.get_by_test_id("task-submit").click()
+    for page in pages.values():
+        wait_for(page, lambda s: s["task"]["task"] is None, "the case submitted")
+    blind()
+    assert sorted(s["reader"] for s in submissions(study)) == sorted(apps)
+
+    reviewer = open_page(browser, start_app(study.reviewer, study.queue.url))
+    signed_in(reviewer)
+
+    def review_ready(state) -> bool:
+        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
+            reviewer.get_by_test_id("task-next-task").click()
+        return state["review"]["stage"] == "ready"
+
+    state = wait_for(reviewer, review_ready, "the review")
+    table = reviewer.get_by_test_id("agreement-table")
+    table.wait_for()
+    assert {r["structure_id"] for r in state["review"]["rows"]} >= {"liver", "lung_left", "lung_right"}
+    assert reviewer.get_by_test_id("agreement-liver").locator(".verdict").inner_text().strip()
+    assert reviewer.get_by_test_id("agreement-liver").locator(".dice").inner_text().strip() != "-"
+    assert sorted(r["name"] for r in state["review"]["readers"]) == sorted(apps)
+    reviewer.get_by_test_id(f"reader-{study.a.name}").locator("input").uncheck()
+    wait_for(
+        reviewer,
+        lambda s: not next(r for r in s["review"]["readers"] if r["name"] == study.a.name)["visible"],
+        "reader A hidden",
+    )
+    shot(reviewer, "review")
+
+    while True:  # a reason for each structure the approved final would fail (the empty lungs)
+        state = wait_for(reviewer, lambda s: not s["review"]["checking"], "the final checked")
+        failing = [r["structure_id"] for r in state["review"]["rows"] if r["failures"] and not r["override"]]
+        if not failing:
+            break
+        reviewer.get_by_test_id(f"agreement-{failing[0]}").click()
+        reviewer.get_by_test_id("review-reason").locator("input").fill("the readers were asked for the liver only")
+        reviewer.get_by_test_id("review-keep").click()
+        wait_for(
+            reviewer,
+            lambda s, sid=failing[0]: next(r for r in s["review"]["rows"] if r["structure_id"] == sid)["override"],
+            f"{failing[0]} kept",
+        )
+    state = wait_for(reviewer, lambda s: s["review"]["actions"]["approve"]["enabled"], "Approve on")
+    reviewer.get_by_test_id("review-approve").click()
+    state = wait_for(reviewer, lambda s: s["task"]["task"] is None, "the case approved")
+    admin = study.admin
+    case = admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}"))
+    assert case["state"] == "approved", case
+    assert client_state(reviewer)["review"]["message"]
