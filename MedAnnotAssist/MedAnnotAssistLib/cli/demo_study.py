@@ -54,16 +54,17 @@ def accounts(server_dir: Path, tokens_file: Path) -> tuple[dict[str, str], list[
 
 
 def presegmentation(image: Path, out: Path, log) -> Path:
-    """The CT engine's proposal for ``image``, restricted to the demo protocol; computed once."""
-    if out.is_file():
+    """The CT engine's proposal for ``image`` (``out``, a .seg.nrrd), restricted to the demo protocol; computed
+    once: its summary (``.presegment.json``), written last, says it is complete."""
+    summary = Path(str(out).removesuffix(".seg.nrrd") + ".presegment.json")
+    if out.is_file() and summary.is_file():
         return out
     from ..core.presegment_files import presegment
     from ..core.protocol import bundled_protocol
 
     log(f"pre-segmenting {image.name} with the CT engine ...")
-    partial = out.with_name(out.name + ".partial.seg.nrrd")
-    presegment(image, "ct", partial, bundled_protocol(PROTOCOL), None, {})
-    partial.replace(out)
+    summary.unlink(missing_ok=True)
+    presegment(image, "ct", out, bundled_protocol(PROTOCOL), None, {})
     return out
 
 

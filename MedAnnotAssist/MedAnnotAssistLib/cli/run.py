@@ -151,6 +151,7 @@ def cmd_run(args) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         demo.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (demo / "sessions").mkdir(exist_ok=True, mode=0o700)
         tokens, renewed = accounts(demo / "server", demo / "tokens.json")
         _log(f"starting the task-queue server on {server.url} (log: {server.log_path}) ...")
         server.start()
