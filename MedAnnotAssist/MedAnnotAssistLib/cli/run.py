@@ -55,7 +55,7 @@ class QueueServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self, timeout_s: float = 120.0) -> None:
+    def start_server(self, timeout_s: float = 120.0) -> None:
         import requests
 
         from medannotassist_web.sessions import _die_with_parent, tail
@@ -81,7 +81,7 @@ class QueueServer:
             time.sleep(0.2)
         raise RuntimeError(f"the task-queue server did not answer within {timeout_s:.0f} s; see {self.log_path}")
 
-    def stop(self, grace_s: float = 20.0) -> None:
+    def stop_server(self, grace_s: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -154,14 +154,14 @@ def cmd_run(args) -> int:
         (demo / "sessions").mkdir(exist_ok=True, mode=0o700)
         tokens, renewed = accounts(demo / "server", demo / "tokens.json")
         _log(f"starting the task-queue server on {server.url} (log: {server.log_path}) ...")
-        server.start()
+        server.start_server()
         study = seed(server.url, tokens, renewed, samples, demo / "ai", _log)
         asyncio.run(_serve(launcher, _summary(launcher, server, study, data_dir)))
     except KeyboardInterrupt:
         pass
     finally:
         _log("stopping ...")
-        server.stop()
+        server.stop_server()
         signal.signal(signal.SIGTERM, previous)
     _log("stopped")
     return 0
