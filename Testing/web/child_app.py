@@ -46,6 +46,9 @@ def main() -> int:
             {"pid": os.getpid(), "user": user, "cookies": dict(request.cookies), "headers": dict(request.headers)}
         )
 
+    async def jump(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://{args.host}:{args.port}/whoami")  # an absolute redirect to its own address
+
     async def echo(request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
@@ -59,6 +62,7 @@ def main() -> int:
         app.router.add_get("/", index)
         app.router.add_route("*", "/whoami", whoami)
         app.router.add_get("/ws", echo)
+        app.router.add_get("/jump", jump)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()

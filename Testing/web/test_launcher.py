@@ -66,6 +66,8 @@ def test_sign_in_starts_an_app_the_same_user_reuses_it_and_sign_out_stops_it(sta
     seen = launcher.whoami(first)
     assert seen["cookies"] == {"theme": "dark"}
     assert first.cookies[COOKIE] not in str(seen["headers"])
+    # a redirect to the app's own address stays on the front address
+    assert first.get("/jump").headers["location"] == "/whoami"
 
     assert launcher.sign_in(second, ann.token).status_code == 303
     assert first.cookies[COOKIE] != second.cookies[COOKIE]

@@ -72,6 +72,8 @@ async def forward_http(request: web.Request, base: str, client: aiohttp.ClientSe
         ) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
+                if key.lower() == "location" and value.startswith(base):
+                    value = value[len(base) :] or "/"  # a redirect to the app's own address stays behind the launcher
                 if key.lower() not in HOP_BY_HOP:
                     response.headers.add(key, value)
             if upstream.content_length is not None:

@@ -3,7 +3,8 @@ answers on ``/``, stopped with its whole process group.
 
 The app contract: ``APP_COMMAND --host 127.0.0.1 --port PORT --server QUEUE_URL --data-dir DIR`` with the token in
 ``MEDANNOT_TOKEN`` (never on a command line, where any local user could read it); the app prints
-``medannot-web ready http://HOST:PORT/`` on stdout, answers 200 on ``/`` and exits on SIGTERM.
+``medannot-web ready http://HOST:PORT/`` on stdout, answers 200 on ``/`` (a redirect is taken too: trame's own
+index redirects) and exits on SIGTERM.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class AppProcess:
                 while not exited.done():
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                         async with client.get(self.url + "/", allow_redirects=False) as answer:
-                            if answer.status == 200 and announced.done():
+                            if answer.status < 400 and announced.done():  # trame answers / with a redirect to index.html
                                 return
                     await asyncio.wait({exited}, timeout=0.2)
         finally:
