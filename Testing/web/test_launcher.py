@@ -169,3 +169,28 @@ def test_a_non_loopback_host_is_refused(tmp_path, capsys):
     status = launcher_module.main(["--server", "http://127.0.0.1:9", "--data-dir", str(tmp_path), "--host", "0.0.0.0"])
     assert status == 2
     assert "--host 0.0.0.0 is not a loopback address" in capsys.readouterr().err
+
+
+def test_stopping_the_launcher_with_a_websocket_open_stops_every_app_promptly(start_launcher, users):
+    launcher = start_launcher()
+    browser = launcher.browser()
+    launcher.sign_in(browser, users["ann"].token)
+    pid = launcher.whoami(browser)["pid"]
+
+    async def hold_a_websocket_while_stopping() -> tuple[aiohttp.WSMsgType, float]:
+        async with (
+            aiohttp.ClientSession(cookies={COOKIE: browser.cookies[COOKIE]}) as session,
+            session.ws_connect(launcher.url.replace("http", "ws") + "/ws") as socket,
+        ):
+            await socket.send_str("hello")
+            assert (await socket.receive(timeout=30)).data.endswith(": hello")
+            started = time.monotonic()
+            launcher.process.terminate()
+            message = await socket.receive(timeout=30)
+            return message.type, time.monotonic() - started
+
+    closed, seconds = asyncio.run(hold_a_websocket_while_stopping())
+    assert closed in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    assert seconds < 10
+    assert launcher.process.wait(15) == 0
+    assert gone(pid, 1)

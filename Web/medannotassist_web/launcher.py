@@ -66,6 +66,7 @@ class UserSession:
     user_name: str
     app: AppProcess
     cookies: set[str] = field(default_factory=set)
+    sockets: set = field(default_factory=set)  # the app's side of its open websockets
     last_active: float = field(default_factory=time.monotonic)
 
     def touch(self) -> None:
@@ -146,7 +147,9 @@ class Launcher:
             return front.sign_in_page(self.server_url, note=note if known else "", status=200)
         session.touch()
         if proxy.is_websocket(request):
-            return await proxy.forward_websocket(request, session.app.url, self._client, COOKIE, session.touch)
+            return await proxy.forward_websocket(
+                request, session.app.url, self._client, COOKIE, session.touch, session.sockets
+            )
         return await proxy.forward_http(request, session.app.url, self._client, COOKIE)
 
     async def sign_in(self, request: web.Request) -> web.StreamResponse:
@@ -247,7 +250,9 @@ class Launcher:
         session.cookies.clear()
 
     async def _end(self, session: UserSession) -> None:
+        """Close its websockets first (the app sees its browsers leave and need not wait for them), then stop it."""
         self._forget(session)
+        await asyncio.gather(*(socket.close() for socket in list(session.sockets)), return_exceptions=True)
         await session.app.stop()
 
     async def reap(self) -> list[UserSession]:

@@ -88,10 +88,16 @@ async def forward_http(request: web.Request, base: str, client: aiohttp.ClientSe
 
 
 async def forward_websocket(
-    request: web.Request, base: str, client: aiohttp.ClientSession, cookie_name: str, active: Callable[[], None]
+    request: web.Request,
+    base: str,
+    client: aiohttp.ClientSession,
+    cookie_name: str,
+    active: Callable[[], None],
+    open_sockets: set,
 ):
     """Open the same websocket on the app, then pass messages both ways until either side closes;
-    ``active()`` on each message (the session is in use)."""
+    ``active()`` on each message (the session is in use). The app's side is in ``open_sockets`` while open (so
+    that ending a session closes it before stopping the app)."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     url = URL("ws" + base.removeprefix("http") + request.raw_path, encoded=True)
     headers = _headers(request, cookie_name, WEBSOCKET_HANDSHAKE)
@@ -100,6 +106,7 @@ async def forward_websocket(
     except (aiohttp.ClientError, aiohttp.WSServerHandshakeError):
         return web.Response(status=502, text="the annotator session does not answer; reload to sign in again")
     downstream = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=0)
+    open_sockets.add(upstream)
     try:
         await downstream.prepare(request)
 
@@ -121,6 +128,7 @@ async def forward_websocket(
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
     finally:
+        open_sockets.discard(upstream)
         await upstream.close()
         await downstream.close()
     return downstream

@@ -143,7 +143,9 @@ class AppProcess:
                 while not exited.done():
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                         async with client.get(self.url + "/", allow_redirects=False) as answer:
-                            if answer.status < 400 and announced.done():  # trame answers / with a redirect to index.html
+                            if (
+                                answer.status < 400 and announced.done()
+                            ):  # trame answers / with a redirect to index.html
                                 return
                     await asyncio.wait({exited}, timeout=0.2)
         finally:
