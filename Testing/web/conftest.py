@@ -89,10 +89,10 @@ def start_launcher(queue, tmp_path):
     app running) after the test."""
     started: list[RunningLauncher] = []
 
-    def start(*options: str, app_command: str = CHILD) -> RunningLauncher:
+    def start(*options: str, app_command: str = CHILD, server: str | None = None) -> RunningLauncher:
         port = free_port()
         data_dir = tmp_path / f"launcher-{len(started)}"
-        command = [sys.executable, "-m", "medannotassist_web.launcher", "--server", queue.url]
+        command = [sys.executable, "-m", "medannotassist_web.launcher", "--server", server or queue.url]
         command += ["--data-dir", str(data_dir), "--port", str(port), "--app-command", app_command, *options]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)

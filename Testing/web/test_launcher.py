@@ -33,6 +33,16 @@ def test_a_wrong_token_gets_a_clear_error_and_no_session(start_launcher):
     assert launcher.health()["sessions"] == 0 and launcher.app_pids() == []
 
 
+def test_a_queue_server_that_does_not_answer_is_named_on_the_sign_in_page(start_launcher, users):
+    launcher = start_launcher(server="http://127.0.0.1:9")
+    answer = launcher.sign_in(launcher.browser(), users["ann"].token)
+    assert answer.status_code == 502
+    assert (
+        "The task-queue server at http://127.0.0.1:9 does not answer (ClientConnectorError): try later." in answer.text
+    )
+    assert 'name="token"' in answer.text and launcher.app_pids() == []
+
+
 def test_no_cookie_or_an_unknown_one_gets_the_sign_in_page(start_launcher):
     launcher = start_launcher()
     browser = launcher.browser()

@@ -103,7 +103,8 @@ class Launcher:
     # --- the web application -------------------------------------------------------------------------------
 
     def web_app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 30)
+        # only the sign-in form is read whole; what is passed to an app is streamed, whatever its size
+        app = web.Application(client_max_size=1 << 16)
         app.router.add_post(front.SIGN_IN, self.sign_in)
         app.router.add_route("*", front.SIGN_OUT, self.sign_out)
         app.router.add_get(f"{front.PREFIX}/health", self.health)
@@ -164,7 +165,12 @@ class Launcher:
         except TokenRefusedError as error:
             return front.sign_in_page(self.server_url, error=str(error), status=401)
         except (aiohttp.ClientError, TimeoutError) as error:
-            detail = f"The task-queue server at {self.server_url} does not answer ({type(error).__name__}): try later."
+            what = (
+                f"could not check the token (HTTP {error.status})"
+                if isinstance(error, aiohttp.ClientResponseError)
+                else f"does not answer ({type(error).__name__})"
+            )
+            detail = f"The task-queue server at {self.server_url} {what}: try later."
             return front.sign_in_page(self.server_url, error=detail, status=502)
         try:
             session = await self._session_for(me, token)
