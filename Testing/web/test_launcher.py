@@ -1,5 +1,5 @@
 """The launcher's sessions: sign-in against the real queue server, one app process per user (the test double),
-reuse, sign-out, idle reaping, the maximum count, and isolation of two users' cookies and processes."""
+reuse, sign-out, idle reaping, the maximum count, and isolation of two people' cookies and processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ import aiohttp
 import psutil
 
 from medannotassist_web import launcher as launcher_module
-from Testing.web.conftest import CHILD, COOKIE, gone
+from medannotassist_web.launcher import COOKIE
+from Testing.web import launcher_fixtures
+from Testing.web.launcher_fixtures import CHILD, gone
+
+# the launcher's fixtures (a module of their own: Testing/web's conftest is the browser app's)
+queue_server, people, start_launcher = (
+    launcher_fixtures.queue_server,
+    launcher_fixtures.people,
+    launcher_fixtures.start_launcher,
+)
 
 
 def _set_cookie(answer) -> str:
@@ -33,9 +42,9 @@ def test_a_wrong_token_gets_a_clear_error_and_no_session(start_launcher):
     assert launcher.health()["sessions"] == 0 and launcher.app_pids() == []
 
 
-def test_a_queue_server_that_does_not_answer_is_named_on_the_sign_in_page(start_launcher, users):
+def test_a_queue_server_that_does_not_answer_is_named_on_the_sign_in_page(start_launcher, people):
     launcher = start_launcher(server="http://127.0.0.1:9")
-    answer = launcher.sign_in(launcher.browser(), users["ann"].token)
+    answer = launcher.sign_in(launcher.browser(), people["ann"].token)
     assert answer.status_code == 502
     assert (
         "The task-queue server at http://127.0.0.1:9 does not answer (ClientConnectorError): try later." in answer.text
@@ -57,10 +66,10 @@ def test_no_cookie_or_an_unknown_one_gets_the_sign_in_page(start_launcher):
     assert launcher.app_pids() == []
 
 
-def test_sign_in_starts_an_app_the_same_user_reuses_it_and_sign_out_stops_it(start_launcher, users, queue):
+def test_sign_in_starts_an_app_the_same_user_reuses_it_and_sign_out_stops_it(start_launcher, people):
     launcher = start_launcher()
     first, second = launcher.browser(), launcher.browser()
-    ann = users["ann"]
+    ann = people["ann"]
     answer = launcher.sign_in(first, ann.token)
     assert answer.status_code == 303 and answer.headers["location"] == "/"
     header = _set_cookie(answer).lower()
@@ -70,7 +79,9 @@ def test_sign_in_starts_an_app_the_same_user_reuses_it_and_sign_out_stops_it(sta
     process = psutil.Process(me["pid"])
     assert ann.token not in " ".join(process.cmdline())  # the token travels in the environment only
     assert process.environ()["MEDANNOT_TOKEN"] == ann.token
-    assert "--server" in process.cmdline() and queue.url in process.cmdline()
+    assert "--server" in process.cmdline() and process.cmdline()[process.cmdline().index("--server") + 1].startswith(
+        "http://127.0.0.1:"
+    )
     # the launcher's cookie never reaches the app; the page's own cookies do
     first.cookies.set("theme", "dark")
     seen = launcher.whoami(first)
@@ -92,16 +103,16 @@ def test_sign_in_starts_an_app_the_same_user_reuses_it_and_sign_out_stops_it(sta
     assert "Your session has ended" in second.get("/whoami").text
 
 
-def test_two_users_get_two_processes_and_neither_cookie_reaches_the_other(start_launcher, users):
+def test_two_users_get_two_processes_and_neither_cookie_reaches_the_other(start_launcher, people):
     launcher = start_launcher()
     ann_browser, ben_browser = launcher.browser(), launcher.browser()
-    assert launcher.sign_in(ann_browser, users["ann"].token).status_code == 303
-    assert launcher.sign_in(ben_browser, users["ben"].token).status_code == 303
+    assert launcher.sign_in(ann_browser, people["ann"].token).status_code == 303
+    assert launcher.sign_in(ben_browser, people["ben"].token).status_code == 303
     ann, ben = launcher.whoami(ann_browser), launcher.whoami(ben_browser)
-    assert (ann["user"], ben["user"]) == (users["ann"].name, users["ben"].name)
+    assert (ann["user"], ben["user"]) == (people["ann"].name, people["ben"].name)
     assert ann["pid"] != ben["pid"] and sorted(launcher.app_pids()) == sorted([ann["pid"], ben["pid"]])
     # each process keeps its files apart
-    assert Path(launcher.data_dir, "users").is_dir() and len(list(Path(launcher.data_dir, "users").iterdir())) == 2
+    assert Path(launcher.data_dir, "people").is_dir() and len(list(Path(launcher.data_dir, "people").iterdir())) == 2
 
     async def echo(cookie: str) -> str:
         async with (
@@ -114,7 +125,7 @@ def test_two_users_get_two_processes_and_neither_cookie_reaches_the_other(start_
     replies = asyncio.run(
         _gather(echo(ann_browser.cookies[COOKIE]), echo(ben_browser.cookies[COOKIE]))
     )  # both websockets at once
-    assert replies == [f"{users['ann'].name}: hello", f"{users['ben'].name}: hello"]
+    assert replies == [f"{people['ann'].name}: hello", f"{people['ben'].name}: hello"]
     # repeated requests stay with their own process
     for _ in range(5):
         assert launcher.whoami(ann_browser)["pid"] == ann["pid"]
@@ -127,11 +138,11 @@ async def _gather(*coroutines):
     return list(await asyncio.gather(*coroutines))
 
 
-def test_an_unused_session_is_reaped_and_a_used_one_kept(start_launcher, users):
+def test_an_unused_session_is_reaped_and_a_used_one_kept(start_launcher, people):
     launcher = start_launcher("--idle-timeout-s", "2")
     used, unused = launcher.browser(), launcher.browser()
-    launcher.sign_in(used, users["ann"].token)
-    launcher.sign_in(unused, users["ben"].token)
+    launcher.sign_in(used, people["ann"].token)
+    launcher.sign_in(unused, people["ben"].token)
     kept, reaped = launcher.whoami(used)["pid"], launcher.whoami(unused)["pid"]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # ann keeps working, ben does nothing
@@ -143,33 +154,33 @@ def test_an_unused_session_is_reaped_and_a_used_one_kept(start_launcher, users):
     assert launcher.health()["sessions"] == 1
 
 
-def test_too_many_sessions_gets_a_clear_page_until_one_ends(start_launcher, users):
+def test_too_many_sessions_gets_a_clear_page_until_one_ends(start_launcher, people):
     launcher = start_launcher("--max-sessions", "1")
     ann_browser, ben_browser = launcher.browser(), launcher.browser()
-    assert launcher.sign_in(ann_browser, users["ann"].token).status_code == 303
-    full = launcher.sign_in(ben_browser, users["ben"].token)
+    assert launcher.sign_in(ann_browser, people["ann"].token).status_code == 303
+    full = launcher.sign_in(ben_browser, people["ben"].token)
     assert full.status_code == 503
     assert "Too many sessions: 1 of 1 are open" in full.text and "set-cookie" not in full.headers
-    assert launcher.sign_in(launcher.browser(), users["ann"].token).status_code == 303  # her own session: reused
+    assert launcher.sign_in(launcher.browser(), people["ann"].token).status_code == 303  # her own session: reused
     assert len(launcher.app_pids()) == 1
     ann_browser.post("/_launcher/sign-out")
-    assert launcher.sign_in(ben_browser, users["ben"].token).status_code == 303
-    assert launcher.whoami(ben_browser)["user"] == users["ben"].name
+    assert launcher.sign_in(ben_browser, people["ben"].token).status_code == 303
+    assert launcher.whoami(ben_browser)["user"] == people["ben"].name
 
 
-def test_an_app_that_cannot_start_is_reported_and_its_slot_freed(start_launcher, users):
+def test_an_app_that_cannot_start_is_reported_and_its_slot_freed(start_launcher, people):
     launcher = start_launcher("--max-sessions", "1", app_command=f"{CHILD} --fail")
-    answer = launcher.sign_in(launcher.browser(), users["ann"].token)
+    answer = launcher.sign_in(launcher.browser(), people["ann"].token)
     assert answer.status_code == 502
     assert "exited with status 3 before it was ready" in answer.text
     assert "told to fail before ready" in answer.text  # the end of its log
     assert launcher.health()["sessions"] == 0
 
 
-def test_a_sign_in_from_another_origin_is_refused(start_launcher, users):
+def test_a_sign_in_from_another_origin_is_refused(start_launcher, people):
     launcher = start_launcher()
     answer = launcher.browser().post(
-        "/_launcher/sign-in", data={"token": users["ann"].token}, headers={"Origin": "http://evil.example"}
+        "/_launcher/sign-in", data={"token": people["ann"].token}, headers={"Origin": "http://evil.example"}
     )
     assert answer.status_code == 403 and "Origin header differs" in answer.text
     assert launcher.app_pids() == []
@@ -181,10 +192,10 @@ def test_a_non_loopback_host_is_refused(tmp_path, capsys):
     assert "--host 0.0.0.0 is not a loopback address" in capsys.readouterr().err
 
 
-def test_stopping_the_launcher_with_a_websocket_open_stops_every_app_promptly(start_launcher, users):
+def test_stopping_the_launcher_with_a_websocket_open_stops_every_app_promptly(start_launcher, people):
     launcher = start_launcher()
     browser = launcher.browser()
-    launcher.sign_in(browser, users["ann"].token)
+    launcher.sign_in(browser, people["ann"].token)
     pid = launcher.whoami(browser)["pid"]
 
     async def hold_a_websocket_while_stopping() -> tuple[aiohttp.WSMsgType, float]:

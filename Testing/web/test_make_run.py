@@ -22,7 +22,7 @@ from medannotassist_web.sessions import free_port
 from MedAnnotAssistLib.cli.demo_study import CASES, PROJECT, USERS
 from MedAnnotAssistLib.core.sample_data import LABELS_FILE, SAMPLE_FILES, SAMPLE_SERIES, write_manifest
 from Testing.conftest import REPO
-from Testing.web.conftest import gone
+from Testing.web.launcher_fixtures import gone
 
 pytestmark = pytest.mark.slow
 

@@ -11,14 +11,20 @@ import time
 import psutil
 import pytest
 
+from Testing.web import launcher_fixtures
 from Testing.web.test_make_run import CHROMIUM
 
 pytestmark = pytest.mark.slow
+queue_server, people, start_launcher = (
+    launcher_fixtures.queue_server,
+    launcher_fixtures.people,
+    launcher_fixtures.start_launcher,
+)
 
 TRAME_APP = f"{shlex.quote(sys.executable)} -m Testing.web.trame_app"
 
 
-def test_a_trame_slicer_app_works_through_the_front_address(start_launcher, users, tmp_path):
+def test_a_trame_slicer_app_works_through_the_front_address(start_launcher, people, tmp_path):
     from playwright.sync_api import sync_playwright
 
     launcher = start_launcher("--start-timeout-s", "240", app_command=TRAME_APP)
@@ -33,7 +39,7 @@ def test_a_trame_slicer_app_works_through_the_front_address(start_launcher, user
 
         page.on("websocket", opened)
         page.goto(launcher.url + "/")
-        page.fill("#token", users["ann"].token)
+        page.fill("#token", people["ann"].token)
         with page.expect_navigation(timeout=240_000) as navigation:
             page.click("#sign-in")
         assert navigation.value.status == 200

@@ -1,5 +1,6 @@
-"""Fixtures of the launcher's tests: a real queue server with users, and launchers started as the product starts
-them (``python -m medannotassist_web.launcher``), each user's app being the test double in ``child_app.py``."""
+"""Fixtures of the launcher's tests (its test modules import them): a real queue server with users, and launchers
+started as the product starts them (``python -m medannotassist_web.launcher``), each user's app being the test
+double in ``child_app.py``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from medannotassist_web.launcher import COOKIE, LAUNCHER_READY
+from medannotassist_web.launcher import LAUNCHER_READY
 from medannotassist_web.sessions import free_port
 from Testing.conftest import REPO
 from Testing.server.conftest import Queue
@@ -28,16 +29,16 @@ TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def queue(tmp_path_factory):
+def queue_server(tmp_path_factory):
     instance = Queue(tmp_path_factory.mktemp("queue"), None)
     yield instance
     instance.stop()
 
 
 @pytest.fixture
-def users(queue):
-    """Two users' tokens by name, fresh for each test."""
-    return {who: queue.admin.new_user(unique(who)) for who in ("ann", "ben")}
+def people(queue_server):
+    """Two users of the queue server (``Api`` with name and token) by first name, fresh for each test."""
+    return {who: queue_server.admin.new_user(unique(who)) for who in ("ann", "ben")}
 
 
 @dataclass
@@ -84,7 +85,7 @@ def gone(pid: int, timeout: float = TIMEOUT_S) -> bool:
 
 
 @pytest.fixture
-def start_launcher(queue, tmp_path):
+def start_launcher(queue_server, tmp_path):
     """``start_launcher(*options)``: a launcher on a free loopback port, ready; stopped (and checked to leave no
     app running) after the test."""
     started: list[RunningLauncher] = []
@@ -92,7 +93,7 @@ def start_launcher(queue, tmp_path):
     def start(*options: str, app_command: str = CHILD, server: str | None = None) -> RunningLauncher:
         port = free_port()
         data_dir = tmp_path / f"launcher-{len(started)}"
-        command = [sys.executable, "-m", "medannotassist_web.launcher", "--server", server or queue.url]
+        command = [sys.executable, "-m", "medannotassist_web.launcher", "--server", server or queue_server.url]
         command += ["--data-dir", str(data_dir), "--port", str(port), "--app-command", app_command, *options]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
@@ -108,6 +109,3 @@ def start_launcher(queue, tmp_path):
         with contextlib.suppress(subprocess.TimeoutExpired):
             running.stop()
         assert all(gone(pid, 15) for pid in children), "an app outlived its launcher"
-
-
-__all__ = ["COOKIE", "RunningLauncher", "gone"]
