@@ -112,7 +112,7 @@ def test_two_users_get_two_processes_and_neither_cookie_reaches_the_other(start_
     assert (ann["user"], ben["user"]) == (people["ann"].name, people["ben"].name)
     assert ann["pid"] != ben["pid"] and sorted(launcher.app_pids()) == sorted([ann["pid"], ben["pid"]])
     # each process keeps its files apart
-    assert Path(launcher.data_dir, "people").is_dir() and len(list(Path(launcher.data_dir, "people").iterdir())) == 2
+    assert Path(launcher.data_dir, "users").is_dir() and len(list(Path(launcher.data_dir, "users").iterdir())) == 2
 
     async def echo(cookie: str) -> str:
         async with (
