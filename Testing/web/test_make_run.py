@@ -170,7 +170,7 @@ def test_make_run_reaches_ready_serves_the_sign_in_page_and_a_rerun_reuses_the_d
 
 def test_a_signed_in_annotator_gets_the_real_app_through_the_front_address(tmp_path, sample_dir, browser):
     """The real ``medannotassist_web.app`` behind the launcher: its page and websocket through the front address,
-    one app process for the user, its memory recorded; all gone after Ctrl-C."""
+    one app process for the user, a demo case claimed, its memory printed; all gone after Ctrl-C."""
     data_dir = tmp_path / "var"
     sample_cache(data_dir, sample_dir)
     run = start_run(data_dir)
@@ -187,9 +187,18 @@ def test_a_signed_in_annotator_gets_the_real_app_through_the_front_address(tmp_p
     assert any(url.startswith(f"ws://127.0.0.1:{run.port}/") for url in sockets), sockets
     apps = [p for p in run.processes() if "medannotassist_web.app" in " ".join(p.cmdline())]
     assert len(apps) == 1
-    rss = sum(p.memory_info().rss for p in [apps[0], *apps[0].children(recursive=True)])
-    (tmp_path / "app-rss.json").write_text(json.dumps({"rss_mib": rss / 2**20}))
-    print(f"one app session: {rss / 2**20:.0f} MiB resident")
+
+    def resident_mib() -> float:
+        return sum(p.memory_info().rss for p in [apps[0], *apps[0].children(recursive=True)]) / 2**20
+
+    signed_in = resident_mib()
+    # the annotator claims a demo case: the CT and its AI pre-segmentation on screen, the editor ready
+    page.get_by_test_id("task-next-task").click(timeout=APP_TIMEOUT_MS)
+    page.get_by_test_id("editor-toolbar").wait_for(timeout=APP_TIMEOUT_MS)
+    page.wait_for_timeout(3000)
+    with_case = resident_mib()
+    (tmp_path / "app-rss.json").write_text(json.dumps({"signed_in_mib": signed_in, "case_open_mib": with_case}))
+    print(f"one app session: {signed_in:.0f} MiB resident once signed in, {with_case:.0f} MiB with a case open")
     started = run.processes()
     status, errors = run.stop(signal.SIGINT)
     assert status == 0, errors[-2000:]
