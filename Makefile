@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: fetch the sample CT, apply a bundled protocol headlessly, write a Slicer-loadable case to ./var/
+## run: the whole product on this machine (loopback only): the task-queue server on SQLite in ./var/demo/, a demo
+## project with the sample CTs pre-segmented by the CT engine, demo users, and the browser annotator; Ctrl-C stops it
 run: $(STAMP)
-	$(BIN)/medannot demo --data-dir var
+	$(BIN)/medannot run --data-dir var
 
 ## test: the whole test suite (slow tests included)
 test: $(STAMP)

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy import or_, select
+
+from . import audit
 from .accounts import create_user, grant, project_named, revoke_tokens, user_named
 from .audit import AuditChain, AuditVerdict, Checkpoint, bind_key, checkpoint_now, verify
+from .auth import issue_token, token_hash
 from .db import Database, migrate
+from .models import ApiToken, User, utcnow
 from .settings import Settings, private_data_dir
 
 CLI = "cli"
@@ -32,6 +37,36 @@ def add_user(settings: Settings, name: str, email: str | None, site_admin: bool,
         with database.writing() as session:
             _user, token = create_user(session, CLI, name, email, site_admin, "cli", expires_in_s)
         return token
+    finally:
+        database.dispose()
+
+
+def keep_tokens(settings: Settings, users: dict[str, bool], known: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """For each user name (``users``: name -> site admin), the ``known`` token if it is still valid, else a new
+    one, the user made if missing (``medannot run``'s demo accounts); (tokens by name, names given a new token)."""
+    database = _database(settings)
+    tokens, renewed = {}, []
+    try:
+        with database.writing() as session:
+            for name, site_admin in users.items():
+                user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
+                if user is None:
+                    tokens[name] = create_user(session, CLI, name, None, site_admin, "demo")[1]
+                    renewed.append(name)
+                    continue
+                valid = select(ApiToken.id).where(
+                    ApiToken.user_id == user.id,
+                    ApiToken.token_hash == token_hash(known.get(name, "")),
+                    ApiToken.revoked_at.is_(None),
+                    or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
+                )
+                if name in known and session.execute(valid).first():
+                    tokens[name] = known[name]
+                    continue
+                tokens[name], row = issue_token(session, user, "demo")
+                audit.record(session, CLI, "token.create", "user", user.id, None, {"token_id": row.id}, None)
+                renewed.append(name)
+        return tokens, renewed
     finally:
         database.dispose()
 

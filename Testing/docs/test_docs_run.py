@@ -154,17 +154,31 @@ def test_the_runner_reports_the_failing_block(tmp_path, sample_cache):
 
 
 def test_readme_lists_what_make_run_writes(tmp_path, sample_cache):
-    """The README's table of `make run`'s files is exactly what its command (`medannot demo`) writes."""
+    """The README's table of `make run`'s files is exactly what its command (`medannot run`) writes by `ready`."""
+    import signal
     import subprocess
 
+    from Testing.docs.runner import free_port
+
     text = (REPO / "README.md").read_text()
-    table = text[text.index("| file in `var/cases/example_ct_sm/` |") :].split("\n\n", 1)[0]
-    listed = {name for row in table.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
-    assert "demo --data-dir var" in (REPO / "Makefile").read_text()
+    table = text[text.index("| file in `var/demo/` |") :].split("\n\n", 1)[0]
+    listed = {
+        name.rstrip("/") for row in table.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split("|")[1])
+    }
+    assert "medannot run --data-dir var" in (REPO / "Makefile").read_text()
     workspace, env = _workspace(tmp_path, sample_cache)
-    done = subprocess.run(
-        [".venv/bin/medannot", "demo", "--data-dir", "var", "-q"], cwd=workspace, env=env, capture_output=True
+    command = [".venv/bin/medannot", "run", "--data-dir", "var", "--port", str(free_port())]
+    command += ["--server-port", str(free_port())]
+    process = subprocess.Popen(
+        command, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    written = {path.name for path in (workspace / "var" / "cases" / "example_ct_sm").iterdir()}
-    assert listed == written
+    lines = []
+    try:
+        while (line := process.stdout.readline()) and line.strip() != "ready":  # EOF: it failed (stderr says why)
+            lines.append(line)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(120)
+    assert status == 0, process.stderr.read()[-3000:]
+    written = {path.name for path in (workspace / "var" / "demo").iterdir()}
+    assert listed == written, lines

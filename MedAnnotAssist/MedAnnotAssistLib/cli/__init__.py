@@ -14,11 +14,11 @@ from .common import EXIT_INVALID, ProgressBar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import consensus, dicom, presegment, protocols, server
+    from . import consensus, dicom, presegment, protocols, run, server
 
     parser = argparse.ArgumentParser(prog="medannot", description="MedAnnotAssist: protocol-driven annotation")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (protocols, consensus, presegment, dicom, server):
+    for group in (protocols, consensus, presegment, dicom, server, run):
         group.add_commands(commands)
     return parser
 
