@@ -4,6 +4,8 @@ double in ``child_app.py``."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shlex
@@ -69,6 +71,13 @@ class RunningLauncher:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         return self.process.wait(TIMEOUT_S)
+
+
+def run_async(coroutine):
+    """``asyncio.run`` on a thread of its own: the session's Playwright (sync API) keeps an event loop running on
+    the main thread, where ``asyncio.run`` refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def gone(pid: int, timeout: float = TIMEOUT_S) -> bool:

@@ -13,7 +13,7 @@ import psutil
 from medannotassist_web import launcher as launcher_module
 from medannotassist_web.launcher import COOKIE
 from Testing.web import launcher_fixtures
-from Testing.web.launcher_fixtures import CHILD, gone
+from Testing.web.launcher_fixtures import CHILD, gone, run_async
 
 # the launcher's fixtures (a module of their own: Testing/web's conftest is the browser app's)
 queue_server, people, start_launcher = (
@@ -122,7 +122,7 @@ def test_two_users_get_two_processes_and_neither_cookie_reaches_the_other(start_
             await socket.send_str("hello")
             return (await socket.receive(timeout=30)).data
 
-    replies = asyncio.run(
+    replies = run_async(
         _gather(echo(ann_browser.cookies[COOKIE]), echo(ben_browser.cookies[COOKIE]))
     )  # both websockets at once
     assert replies == [f"{people['ann'].name}: hello", f"{people['ben'].name}: hello"]
@@ -210,7 +210,7 @@ def test_stopping_the_launcher_with_a_websocket_open_stops_every_app_promptly(st
             message = await socket.receive(timeout=30)
             return message.type, time.monotonic() - started
 
-    closed, seconds = asyncio.run(hold_a_websocket_while_stopping())
+    closed, seconds = run_async(hold_a_websocket_while_stopping())
     assert closed in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
     assert seconds < 10
     assert launcher.process.wait(15) == 0

@@ -102,16 +102,6 @@ def assert_nothing_left(started: list[psutil.Process], ports: list[int]) -> None
             httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
 def test_the_makefile_runs_medannot_run():
     makefile = (REPO / "Makefile").read_text()
     target = makefile[makefile.index("\nrun: ") :].split("\n\n", 1)[0]

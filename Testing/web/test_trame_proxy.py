@@ -12,7 +12,6 @@ import psutil
 import pytest
 
 from Testing.web import launcher_fixtures
-from Testing.web.test_make_run import CHROMIUM
 
 pytestmark = pytest.mark.slow
 queue_server, people, start_launcher = (
@@ -24,13 +23,11 @@ queue_server, people, start_launcher = (
 TRAME_APP = f"{shlex.quote(sys.executable)} -m Testing.web.trame_app"
 
 
-def test_a_trame_slicer_app_works_through_the_front_address(start_launcher, people, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_a_trame_slicer_app_works_through_the_front_address(start_launcher, people, tmp_path, browser):
     launcher = start_launcher("--start-timeout-s", "240", app_command=TRAME_APP)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = chromium.new_page()
+    context = browser.new_context()  # the session's Chromium (Testing/web/conftest.py), a context of its own
+    try:
+        page = context.new_page()
         sockets, frames = [], []
 
         def opened(socket) -> None:
@@ -57,5 +54,6 @@ def test_a_trame_slicer_app_works_through_the_front_address(start_launcher, peop
         ]
         rss = sum(p.memory_info().rss for p in [app, *app.children(recursive=True)])
         print(f"one trame-slicer session: {rss / 2**20:.0f} MiB resident")
-        chromium.close()
+    finally:
+        context.close()
     assert launcher.stop() == 0
