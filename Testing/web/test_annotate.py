@@ -43,6 +43,9 @@ def test_an_annotator_claims_sees_the_ai_paints_and_submits(study, start_app, br
     assert liver["state"] == "suggested" and liver["ai"].startswith("AI: totalsegmentator")
     assert page.get_by_test_id("row-liver").locator(".ai-badge").is_visible()
     before = liver["voxels"]
+    assert not state["protocol"]["in_3d"]  # slices only until "Show in 3-D", as in Slicer
+    page.get_by_test_id("protocol-3d").locator("input").check()
+    wait_for(page, lambda s: s["protocol"]["in_3d"], "the volume rendering")
     shot(page, "claimed")
 
     paint_stroke(page, "liver")

@@ -136,6 +136,9 @@ class Page:
             self.state.override_reason = ""
         self._did()
 
+    def show_in_3d(self, visible):
+        self._did(self.desk.protocol.show_volume_rendering(bool(visible)))
+
     def answer(self, question_id, value):
         self._did(self.desk.questions.answer(question_id, value))
 
