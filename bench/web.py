@@ -262,7 +262,10 @@ def section(datasets: dict, results: dict, args, minutes: float) -> str:
         "protocol's segments, the first rule check, the views' first render and its trip to the browser). "
         "`bench/client.py` times the same claim without the browser (the case in the scene).",
         "- Brush stroke → updated view: from the mouse release to the first new frame of the axial view "
-        "(rendered on the server, encoded, sent, decoded in the page).",
+        "(rendered on the server, encoded, sent, decoded in the page). The brush paints while it moves, so that "
+        "frame holds the stroke; the slowest runs are a case's first stroke (the paint pipeline is built).",
+        "- Before `503be44` the case opened with the volume rendering on in the 3-D view (now Show in 3-D, off "
+        "at first as in Slicer): claim → on screen 2.94 s and 8.15 s (2 runs each, load 3.4–5.4).",
         "- App ready: process start to its ready line (imports, the scene, the views). App memory: the app's "
         "resident set after the runs, one user's case open and closed.",
         f"- Whole run: {minutes:.1f} min. Raw figures: `var/bench/web.json`.",
