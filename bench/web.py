@@ -13,8 +13,8 @@ its settings), Debian's Chromium driven by Playwright, 1500 x 900. The page coun
 
 - claim → editable case on screen: from the click on Next case to the first frame of the axial view, received
   after the click, that shows the CT (mean grey of the view above 5 of 255; an empty view is black, 0), with
-  the editor's toolbar and the protocol table on the page. Then Release (confirmed) and the next run claims the case again. One untimed
-  run first (the app's first case: VTK's pipelines and shaders are built).
+  the editor's toolbar and the protocol table on the page. Then Release (confirmed) and the next run claims the
+  case again. One untimed run first (the app's first case: VTK's pipelines and shaders are built).
 - brush stroke → updated view: Paint on the selected structure, a 15-step drag across the axial view; from the
   mouse release to the first frame of the axial view received after it (the committed stroke drawn), and from
   the press to the first frame after it (the live brush feedback).
