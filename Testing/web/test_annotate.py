@@ -5,6 +5,8 @@ segments; the reviewer sees the agreement table and approves."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from .conftest import shot
@@ -136,3 +138,25 @@ def test_two_annotators_at_once_stay_blind_and_the_reviewer_approves(study, star
     case = admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}"))
     assert case["state"] == "approved", case
     assert client_state(reviewer)["review"]["message"]
+
+
+def test_the_ct_engine_runs_from_the_ai_section_with_its_progress(study, start_app, browser):
+    page = open_page(browser, start_app(study.a, study.queue.url))
+    claim(page)
+    state = wait_for(page, lambda s: s["ai"]["engine"] and s["ai"]["targets"], "the engine's structures")
+    assert state["ai"]["engine"] == "ct" and {t["structure_id"] for t in state["ai"]["targets"]} >= {"lung_left"}
+    assert row(state, "lung_left")["state"] == "empty" and row(state, "lung_left")["ai"] is None
+    page.get_by_test_id("protocol-3d").locator("input").check()
+    page.get_by_test_id("ai-run").click()
+    state = wait_for(page, lambda s: s["ai"]["last_run"] and s["ai"]["progress"] is None, "the engine's proposal")
+    assert state["ai"]["last_run"].startswith("ct ") and "Left lung" in state["ai"]["last_run"]
+    state = wait_for(page, lambda s: not s["protocol"]["checking"] and row(s, "lung_left")["voxels"], "the rules")
+    lung = row(state, "lung_left")
+    assert lung["state"] == "suggested" and lung["ai"].startswith("AI: ct")
+    page.get_by_test_id("accept-lung_left").click()
+    wait_for(page, lambda s: row(s, "lung_left")["state"] == "accepted", "the left lung accepted")
+    page.get_by_test_id("row-lung_right").click()
+    page.keyboard.press("Control+Shift+R")  # the reject key, on the selected row
+    wait_for(page, lambda s: row(s, "lung_right")["state"] == "rejected", "the right lung rejected by its key")
+    time.sleep(2)  # the 3-D view's next frames
+    shot(page, "ai")

@@ -57,6 +57,11 @@ class Views:
         if segment_id and segmentation_node is not None:
             self.editor.set_active_segment_id(segment_id)
 
+    def fit_3d(self) -> None:
+        """The 3-D views' cameras on what they show (the volume rendering just turned on)."""
+        for view in self.app.view_manager.get_threed_views():
+            view.reset_view()
+
     def clear(self) -> None:
         """The case left the scene (its nodes are gone): nothing stays active on them."""
         self.editor.deactivate_effect()
