@@ -22,6 +22,7 @@ from .pages import (
     signed_in,
     submit,
     wait_for,
+    was_sent,
 )
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,10 @@ def test_two_annotators_at_once_stay_blind_and_the_reviewer_approves(study, star
     def blind() -> None:
         for name, page in pages.items():
             never_shows(page, other[name].name, other[name].token, study.reviewer.token, study.admin.token)
-            assert study.a.token not in page.content() and study.b.token not in page.content()
+            never_shows(page, study.a.token, study.b.token)  # not even the page's own user's token
+            assert was_sent(page, name)  # what the recording sees: the page's own user's name, sent by the app
+            review = model(page, "review")
+            assert review["stage"] == "none" and review["readers"] == [] and review["rows"] == []
 
     for page in pages.values():
         claim(page)
