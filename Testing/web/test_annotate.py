@@ -164,3 +164,27 @@ def test_the_ct_engine_runs_from_the_ai_section_with_its_progress(study, start_a
     wait_for(page, lambda s: row(s, "lung_right")["state"] == "rejected", "the right lung rejected by its key")
     time.sleep(2)  # the 3-D view's next frames
     shot(page, "ai")
+
+
+def test_skip_asks_a_reason_and_release_asks_first(study, sample_dir, start_app, browser):
+    second = study.admin.upload_case(study.project_id, sample_dir / "example_ct_sm.nii.gz", "chest-second")
+    page = open_page(browser, start_app(study.a, study.queue.url))
+    first = claim(page)["task"]["task"]
+    page.get_by_test_id("task-skip").click()
+    page.get_by_test_id("skip-confirm").click()  # no reason: nothing happens but the message
+    state = wait_for(page, lambda s: s["task"]["message"].startswith("skip: give a reason"), "the reason asked")
+    assert state["task"]["task"]["id"] == first["id"] and page.get_by_test_id("skip-dialog").is_visible()
+    page.get_by_test_id("skip-reason").locator("input").fill("the image is cut at the diaphragm")
+    page.get_by_test_id("skip-confirm").click()
+    state = wait_for(page, lambda s: s["task"]["task"] and s["task"]["task"]["id"] != first["id"], "the next case")
+    assert state["task"]["task"]["case_id"] == second["id"] and page.get_by_test_id("skip-dialog").count() == 0
+    events = study.admin.ok(study.admin.get(f"/api/v1/projects/{study.project_id}/audit", params={"limit": 500}))
+    skipped = [e for e in events if e["action"] == "task.release" and e["entity_id"] == str(first["id"])]
+    assert skipped[-1]["after"]["reason"] == "the image is cut at the diaphragm"
+
+    page.get_by_test_id("task-release").click()
+    page.get_by_test_id("release-dialog").wait_for()
+    assert model(page, "task")["task"]["case_id"] == second["id"]  # nothing given back before the confirmation
+    page.get_by_test_id("release-confirm").click()
+    state = wait_for(page, lambda s: s["task"]["task"] is None, "the case released")
+    assert state["task"]["message"].endswith("released")
