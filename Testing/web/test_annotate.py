@@ -188,3 +188,33 @@ def test_skip_asks_a_reason_and_release_asks_first(study, sample_dir, start_app,
     page.get_by_test_id("release-confirm").click()
     state = wait_for(page, lambda s: s["task"]["task"] is None, "the case released")
     assert state["task"]["message"].endswith("released")
+
+
+def test_the_reviewer_returns_the_case_to_a_reader_with_a_comment(study, start_app, browser):
+    """The readers submit from the desktop's models (headless), the reviewer returns the case from the browser; the
+    reader's next task brings the comment."""
+    from Testing.workflow.test_review_model import submit as desk_submit
+
+    a, b = study.desk(study.a), study.desk(study.b)
+    desk_submit(a)
+    desk_submit(b)
+    page = open_page(browser, start_app(study.reviewer, study.queue.url))
+    signed_in(page)
+
+    def review_ready(state) -> bool:
+        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
+            page.get_by_test_id("task-next-task").click()
+        return state["review"]["stage"] == "ready"
+
+    wait_for(page, review_ready, "the review")
+    page.get_by_test_id("review-return").click()
+    page.get_by_test_id("return-reader").click()
+    page.locator(".v-overlay--active .v-list-item", has_text=study.a.name).first.click()
+    page.get_by_test_id("return-comment").locator("input").fill("the liver: include the caudate lobe")
+    page.get_by_test_id("return-confirm").click()
+    wait_for(page, lambda s: s["task"]["task"] is None, "the case returned")
+
+    a.wait_until(lambda: a.task.state.actions["next_task"].enabled)
+    assert a.task.next_task()
+    a.wait_until(lambda: a.task.session is not None)
+    assert a.task.state.task.comment == "the liver: include the caudate lobe" and a.task.state.task.round == 2
