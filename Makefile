@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.queue
 	$(BIN)/python -m bench.consensus_job
 	$(BIN)/python -m bench.client
+	$(BIN)/python -m bench.web
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

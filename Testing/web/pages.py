@@ -15,6 +15,9 @@ def open_page(browser, app):
     """A new browser context (its own cookies and storage: a user of their own) on the app's page."""
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
+    received = []  # every websocket message the app sent to this page (state, images)
+    page.on("websocket", lambda socket: socket.on("framereceived", lambda message: received.append(message)))
+    page.received = received
     page.goto(app.url)
     page.get_by_test_id("task-connection").wait_for(timeout=WAIT_MS)
     return page
@@ -120,8 +123,15 @@ def submit(page) -> dict:
     return wait_for(page, lambda s: s["task"]["task"] is None, "the case submitted")
 
 
+def was_sent(page, text: str) -> bool:
+    """Whether a message the app sent to the page holds ``text`` (the recording sees what the app says)."""
+    return any(text in m if isinstance(m, str) else text.encode() in m for m in page.received)
+
+
 def never_shows(page, *secrets: str) -> None:
-    """Neither the page's text nor anything the app sent to it holds any of ``secrets``."""
+    """Neither the page's text, nor its state, nor any message the app ever sent it holds any of ``secrets``."""
     seen = page.content() + json.dumps(client_state(page))
+    assert page.received, "no websocket message was recorded"
     for secret in secrets:
         assert secret not in seen, f"the page shows {secret!r}"
+        assert not was_sent(page, secret), f"the app sent {secret!r} to the page"

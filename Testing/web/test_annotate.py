@@ -5,6 +5,8 @@ segments; the reviewer sees the agreement table and approves."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from .conftest import shot
@@ -20,6 +22,7 @@ from .pages import (
     signed_in,
     submit,
     wait_for,
+    was_sent,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,6 +46,9 @@ def test_an_annotator_claims_sees_the_ai_paints_and_submits(study, start_app, br
     assert liver["state"] == "suggested" and liver["ai"].startswith("AI: totalsegmentator")
     assert page.get_by_test_id("row-liver").locator(".ai-badge").is_visible()
     before = liver["voxels"]
+    assert not state["protocol"]["in_3d"]  # slices only until "Show in 3-D", as in Slicer
+    page.get_by_test_id("protocol-3d").locator("input").check()
+    wait_for(page, lambda s: s["protocol"]["in_3d"], "the volume rendering")
     shot(page, "claimed")
 
     paint_stroke(page, "liver")
@@ -73,7 +79,10 @@ def test_two_annotators_at_once_stay_blind_and_the_reviewer_approves(study, star
     def blind() -> None:
         for name, page in pages.items():
             never_shows(page, other[name].name, other[name].token, study.reviewer.token, study.admin.token)
-            assert study.a.token not in page.content() and study.b.token not in page.content()
+            never_shows(page, study.a.token, study.b.token)  # not even the page's own user's token
+            assert was_sent(page, name)  # what the recording sees: the page's own user's name, sent by the app
+            review = model(page, "review")
+            assert review["stage"] == "none" and review["readers"] == [] and review["rows"] == []
 
     for page in pages.values():
         claim(page)
@@ -133,3 +142,79 @@ def test_two_annotators_at_once_stay_blind_and_the_reviewer_approves(study, star
     case = admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}"))
     assert case["state"] == "approved", case
     assert client_state(reviewer)["review"]["message"]
+
+
+def test_the_ct_engine_runs_from_the_ai_section_with_its_progress(study, start_app, browser):
+    page = open_page(browser, start_app(study.a, study.queue.url))
+    claim(page)
+    state = wait_for(page, lambda s: s["ai"]["engine"] and s["ai"]["targets"], "the engine's structures")
+    assert state["ai"]["engine"] == "ct" and {t["structure_id"] for t in state["ai"]["targets"]} >= {"lung_left"}
+    assert row(state, "lung_left")["state"] == "empty" and row(state, "lung_left")["ai"] is None
+    page.get_by_test_id("protocol-3d").locator("input").check()
+    page.get_by_test_id("ai-run").click()
+    state = wait_for(page, lambda s: s["ai"]["last_run"] and s["ai"]["progress"] is None, "the engine's proposal")
+    assert state["ai"]["last_run"].startswith("ct ") and "Left lung" in state["ai"]["last_run"]
+    state = wait_for(page, lambda s: not s["protocol"]["checking"] and row(s, "lung_left")["voxels"], "the rules")
+    lung = row(state, "lung_left")
+    assert lung["state"] == "suggested" and lung["ai"].startswith("AI: ct")
+    page.get_by_test_id("accept-lung_left").click()
+    wait_for(page, lambda s: row(s, "lung_left")["state"] == "accepted", "the left lung accepted")
+    page.get_by_test_id("row-lung_right").click()
+    page.keyboard.press("Control+Shift+R")  # the reject key, on the selected row
+    wait_for(page, lambda s: row(s, "lung_right")["state"] == "rejected", "the right lung rejected by its key")
+    time.sleep(2)  # the 3-D view's next frames
+    shot(page, "ai")
+
+
+def test_skip_asks_a_reason_and_release_asks_first(study, sample_dir, start_app, browser):
+    second = study.admin.upload_case(study.project_id, sample_dir / "example_ct_sm.nii.gz", "chest-second")
+    page = open_page(browser, start_app(study.a, study.queue.url))
+    first = claim(page)["task"]["task"]
+    page.get_by_test_id("task-skip").click()
+    page.get_by_test_id("skip-confirm").click()  # no reason: nothing happens but the message
+    state = wait_for(page, lambda s: s["task"]["message"].startswith("skip: give a reason"), "the reason asked")
+    assert state["task"]["task"]["id"] == first["id"] and page.get_by_test_id("skip-dialog").is_visible()
+    page.get_by_test_id("skip-reason").locator("input").fill("the image is cut at the diaphragm")
+    page.get_by_test_id("skip-confirm").click()
+    state = wait_for(page, lambda s: s["task"]["task"] and s["task"]["task"]["id"] != first["id"], "the next case")
+    assert state["task"]["task"]["case_id"] == second["id"] and page.get_by_test_id("skip-dialog").count() == 0
+    events = study.admin.ok(study.admin.get(f"/api/v1/projects/{study.project_id}/audit", params={"limit": 500}))
+    skipped = [e for e in events if e["action"] == "task.release" and e["entity_id"] == str(first["id"])]
+    assert skipped[-1]["after"]["reason"] == "the image is cut at the diaphragm"
+
+    page.get_by_test_id("task-release").click()
+    page.get_by_test_id("release-dialog").wait_for()
+    assert model(page, "task")["task"]["case_id"] == second["id"]  # nothing given back before the confirmation
+    page.get_by_test_id("release-confirm").click()
+    state = wait_for(page, lambda s: s["task"]["task"] is None, "the case released")
+    assert state["task"]["message"].endswith("released")
+
+
+def test_the_reviewer_returns_the_case_to_a_reader_with_a_comment(study, start_app, browser):
+    """The readers submit from the desktop's models (headless), the reviewer returns the case from the browser; the
+    reader's next task brings the comment."""
+    from Testing.workflow.test_review_model import submit as desk_submit
+
+    a, b = study.desk(study.a), study.desk(study.b)
+    desk_submit(a)
+    desk_submit(b)
+    page = open_page(browser, start_app(study.reviewer, study.queue.url))
+    signed_in(page)
+
+    def review_ready(state) -> bool:
+        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
+            page.get_by_test_id("task-next-task").click()
+        return state["review"]["stage"] == "ready"
+
+    wait_for(page, review_ready, "the review")
+    page.get_by_test_id("review-return").click()
+    page.get_by_test_id("return-reader").click()
+    page.locator(".v-overlay--active .v-list-item", has_text=study.a.name).first.click()
+    page.get_by_test_id("return-comment").locator("input").fill("the liver: include the caudate lobe")
+    page.get_by_test_id("return-confirm").click()
+    wait_for(page, lambda s: s["task"]["task"] is None, "the case returned")
+
+    a.wait_until(lambda: a.task.state.actions["next_task"].enabled)
+    assert a.task.next_task()
+    a.wait_until(lambda: a.task.session is not None)
+    assert a.task.state.task.comment == "the liver: include the caudate lobe" and a.task.state.task.round == 2

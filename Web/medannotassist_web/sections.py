@@ -220,6 +220,15 @@ def protocol_section(page) -> None:
                     classes="ma-1",
                     **tid("override-keep"),
                 )
+            v3.VCheckbox(
+                label=("protocol.preset ? 'Show in 3-D (' + protocol.preset + ')' : 'Show in 3-D'",),
+                model_value=("protocol.in_3d",),
+                update_modelValue=(page.show_in_3d, "[$event]"),
+                disabled=("!protocol.actions.volume_rendering.enabled",),
+                density="compact",
+                hide_details=True,
+                **tid("protocol-3d"),
+            )
             html.Div(
                 "Submit: {{ protocol.gate.enabled ? 'ready' : protocol.gate.reason }}",
                 classes=("protocol.gate.enabled ? 'text-success text-caption' : 'text-caption text-warning'",),

@@ -136,6 +136,11 @@ class Page:
             self.state.override_reason = ""
         self._did()
 
+    def show_in_3d(self, visible):
+        if self.desk.protocol.show_volume_rendering(bool(visible)) and visible:
+            self.views.fit_3d()
+        self._did()
+
     def answer(self, question_id, value):
         self._did(self.desk.questions.answer(question_id, value))
 
