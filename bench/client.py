@@ -31,15 +31,12 @@ Run: ``.venv/bin/python -m bench.client [--repeats 5] [--note TEXT]``. Writes ``
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -51,7 +48,7 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 
-from bench.benchdoc import replace_section
+from bench.benchdoc import claim_bench_main
 from bench.presegment import resampled
 from MedAnnotAssistLib.core import provenance as prov
 from MedAnnotAssistLib.core.dicom.series import read_series
@@ -371,28 +368,7 @@ Notes:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="runs per case and cache state (default 5)")
-    parser.add_argument("--note", help="a line for the doc (e.g. that the machine was shared)")
-    parser.add_argument("--size", type=int, nargs=3, default=[512, 512, 300], metavar=("I", "J", "K"))
-    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument("--no-doc", action="store_true", help="print the section, leave docs/benchmarks.md")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
-        work = Path(tmp)
-        print(f"preparing the series and the {' x '.join(map(str, args.size))} case ...", flush=True)
-        datasets = prepare(work, tuple(args.size))
-        results = run(datasets, args.repeats, work)
-    minutes = (time.monotonic() - started) / 60
-    out = REPO / "var" / "bench" / "client.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    described = {k: {f: str(v) for f, v in d.items()} for k, d in datasets.items()}
-    out.write_text(json.dumps({"datasets": described, "results": results}, indent=1))
-    text = section(datasets, results, args, minutes)
-    if not args.no_doc:
-        replace_section(args.doc, text)
-    print(text)
+    claim_bench_main("client", __doc__.splitlines()[0], "runs per case and cache state", prepare, run, section, argv)
 
 
 if __name__ == "__main__":

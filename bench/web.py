@@ -26,21 +26,18 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 import psutil
 
-from bench.benchdoc import replace_section
+from bench.benchdoc import claim_bench_main
 from bench.client import PROTOCOL_ID, _git, prepare, upload
 from Testing.server.harness import Api, ServerProcess, create_site_admin
 from Testing.web.conftest import CHROMIUM, VIEWPORT, WebApp
@@ -284,28 +281,7 @@ def _chromium() -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="runs per case (default 5)")
-    parser.add_argument("--note", help="a line for the doc (e.g. that the machine was shared)")
-    parser.add_argument("--size", type=int, nargs=3, default=[512, 512, 300], metavar=("I", "J", "K"))
-    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument("--no-doc", action="store_true", help="print the section, leave docs/benchmarks.md")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
-        work = Path(tmp)
-        print(f"preparing the series and the {' x '.join(map(str, args.size))} case ...", flush=True)
-        datasets = prepare(work, tuple(args.size))
-        results = run(datasets, args.repeats, work)
-    minutes = (time.monotonic() - started) / 60
-    out = REPO / "var" / "bench" / "web.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    described = {k: {f: str(v) for f, v in d.items()} for k, d in datasets.items()}
-    out.write_text(json.dumps({"datasets": described, "results": results}, indent=1))
-    text = section(datasets, results, args, minutes)
-    if not args.no_doc:
-        replace_section(args.doc, text)
-    print(text)
+    claim_bench_main("web", __doc__.splitlines()[0], "runs per case", prepare, run, section, argv)
 
 
 if __name__ == "__main__":
