@@ -34,7 +34,9 @@ def free_port() -> int:
 class WebApp:
     """``python -m medannotassist_web.app`` for one user, as the launcher starts it."""
 
-    def __init__(self, token: str, server_url: str, data_dir: Path, settings: dict | None = None):
+    def __init__(
+        self, token: str, server_url: str, data_dir: Path, settings: dict | None = None, secret: str | None = None
+    ):
         self.port = free_port()
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,8 @@ class WebApp:
             command += ["--settings", str(data_dir / "settings.json")]
         paths = [str(REPO / "MedAnnotAssist"), str(REPO / "Server"), str(REPO / "Web"), str(REPO)]
         env = os.environ | {"MEDANNOT_TOKEN": token, "PYTHONPATH": os.pathsep.join(paths)}
+        if secret is not None:  # as the launcher passes its session secret
+            env["MEDANNOT_SESSION_SECRET"] = secret
         self.command = command
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.process = subprocess.Popen(command, env=env, stdout=out, stderr=err, cwd=data_dir)
@@ -81,11 +85,12 @@ class WebApp:
 
 @pytest.fixture
 def start_app(tmp_path):
-    """``start_app(api, server_url=None, **settings)``: the app of the user of ``api`` (stopped afterwards)."""
+    """``start_app(api, server_url=None, secret=None, **settings)``: the app of the user of ``api`` (stopped
+    afterwards); ``secret``: the launcher's session secret in its environment."""
     started = []
 
-    def start(who, server_url: str, **settings) -> WebApp:
-        app = WebApp(who.token, server_url, tmp_path / f"app-{who.name}-{len(started)}", settings or None)
+    def start(who, server_url: str, secret: str | None = None, **settings) -> WebApp:
+        app = WebApp(who.token, server_url, tmp_path / f"app-{who.name}-{len(started)}", settings or None, secret)
         started.append(app)
         return app
 

@@ -66,6 +66,24 @@ def test_no_cookie_or_an_unknown_one_gets_the_sign_in_page(start_launcher):
     assert launcher.app_pids() == []
 
 
+def test_each_app_gets_a_session_secret_of_its_own_and_every_forwarded_request_carries_it(start_launcher, people):
+    """The app's port checks the launcher's secret (MEDANNOT_SESSION_SECRET, never on a command line); the proxy
+    sends it as X-MedAnnot-Session on each request, in place of any the browser sends."""
+    launcher = start_launcher()
+    secrets_seen = []
+    for who in ("ann", "ben"):
+        browser = launcher.browser()
+        assert launcher.sign_in(browser, people[who].token).status_code == 303
+        process = psutil.Process(launcher.whoami(browser)["pid"])
+        secret = process.environ().get("MEDANNOT_SESSION_SECRET", "")
+        assert len(secret) >= 43 and secret not in " ".join(process.cmdline())
+        answer = browser.get("/whoami", headers={"X-MedAnnot-Session": "forged by the page"})
+        received = {key.lower(): value for key, value in answer.json()["headers"].items()}
+        assert received["x-medannot-session"] == secret
+        secrets_seen.append(secret)
+    assert secrets_seen[0] != secrets_seen[1]
+
+
 def test_sign_in_starts_an_app_the_same_user_reuses_it_and_sign_out_stops_it(start_launcher, people):
     launcher = start_launcher()
     first, second = launcher.browser(), launcher.browser()

@@ -4,6 +4,7 @@ real browser app, Ctrl-C (SIGINT) or SIGTERM stops everything, and a second run 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -102,6 +103,22 @@ def assert_nothing_left(started: list[psutil.Process], ports: list[int]) -> None
             httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
+def assert_the_app_port_refuses_other_local_users(app: psutil.Process) -> None:
+    """Another account on the machine reaching the app's own loopback port (not the front address) gets 403 on
+    any HTTP request and on trame's websocket handshake; the secret is in the app's environment, not its argv."""
+    argv = app.cmdline()
+    port = int(argv[argv.index("--port") + 1])
+    for path in ("/", "/index.html", "/ws"):
+        answer = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
+        assert answer.status_code == 403, (path, answer.status_code, answer.text[:200])
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+    upgrade["Sec-WebSocket-Key"] = base64.b64encode(os.urandom(16)).decode()
+    with httpx.stream("GET", f"http://127.0.0.1:{port}/ws", headers=upgrade, timeout=30) as handshake:
+        assert handshake.status_code == 403, handshake.status_code
+    secret = app.environ().get("MEDANNOT_SESSION_SECRET", "")
+    assert len(secret) >= 32 and secret not in " ".join(argv)
+
+
 def test_the_makefile_runs_medannot_run():
     makefile = (REPO / "Makefile").read_text()
     target = makefile[makefile.index("\nrun: ") :].split("\n\n", 1)[0]
@@ -160,7 +177,8 @@ def test_make_run_reaches_ready_serves_the_sign_in_page_and_a_rerun_reuses_the_d
 
 def test_a_signed_in_annotator_gets_the_real_app_through_the_front_address(tmp_path, sample_dir, browser):
     """The real ``medannotassist_web.app`` behind the launcher: its page and websocket through the front address,
-    one app process for the user, a demo case claimed, its memory printed; all gone after Ctrl-C."""
+    one app process for the user, its own port refusing anyone without the launcher's session secret (HTTP and
+    websocket), a demo case claimed, its memory printed; all gone after Ctrl-C."""
     data_dir = tmp_path / "var"
     sample_cache(data_dir, sample_dir)
     run = start_run(data_dir)
@@ -177,6 +195,7 @@ def test_a_signed_in_annotator_gets_the_real_app_through_the_front_address(tmp_p
     assert any(url.startswith(f"ws://127.0.0.1:{run.port}/") for url in sockets), sockets
     apps = [p for p in run.processes() if "medannotassist_web.app" in " ".join(p.cmdline())]
     assert len(apps) == 1
+    assert_the_app_port_refuses_other_local_users(apps[0])
 
     def resident_mib() -> float:
         return sum(p.memory_info().rss for p in [apps[0], *apps[0].children(recursive=True)]) / 2**20

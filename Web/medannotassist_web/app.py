@@ -1,8 +1,10 @@
 """One signed-in user's browser annotator: ``python -m medannotassist_web.app --host H --port P --server URL``.
 
 The launcher's contract: the user's token comes from the environment variable ``MEDANNOT_TOKEN`` (never the
-command line, where other users' ``ps`` would see it); the app binds only ``--host``/``--port``; once it
-serves the page (HTTP 200 on ``/``) it prints ``medannot-web ready http://HOST:PORT/``; SIGTERM (or Ctrl-C)
+command line, where other users' ``ps`` would see it); the app binds only ``--host``/``--port`` and, given the
+launcher's ``MEDANNOT_SESSION_SECRET``, refuses every request and websocket without it in ``X-MedAnnot-Session``
+(403: any local account can reach the port); once it serves the page (HTTP 200 on ``/``) it prints
+``medannot-web ready http://HOST:PORT/``; SIGTERM (or Ctrl-C)
 stops it cleanly: the case leaves the scene, the lease and the outbox are kept for the next sitting.
 ``--data-dir`` holds its work folder, outbox and image cache (a temporary folder by default). One process
 serves one user: trame shares one state between all tabs of a process, so two users must never share one.
@@ -11,6 +13,7 @@ serves one user: trame shares one state between all tabs of a process, so two us
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import logging
 import os
@@ -20,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 TOKEN_VARIABLE = "MEDANNOT_TOKEN"
+SECRET_VARIABLE = "MEDANNOT_SESSION_SECRET"
+SECRET_HEADER = "X-MedAnnot-Session"
 READY = "medannot-web ready http://{host}:{port}/"
 
 
@@ -121,6 +126,23 @@ def cannot_listen(options, error: OSError) -> int:
     return 1
 
 
+def refuse_without(secret: str):
+    """An aiohttp middleware: 403 to any request (websocket upgrades included) whose ``SECRET_HEADER`` is not
+    ``secret``, compared in constant time."""
+    from aiohttp import web
+
+    expected = secret.encode()
+
+    @web.middleware
+    async def session_secret(request, handler):
+        given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, expected):
+            return web.Response(status=403, text="this annotator session is reached only through its launcher")
+        return await handler(request)
+
+    return session_secret
+
+
 def main(argv=None) -> int:
     options = parse(argv)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -131,6 +153,14 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    secret = os.environ.pop(SECRET_VARIABLE, "").strip()  # nothing this app starts needs it
+    if not secret:
+        print(
+            f"medannot-web: no {SECRET_VARIABLE}: this port is unauthenticated (any local account can act as this "
+            "user); run it alone for development only",
+            file=sys.stderr,
+            flush=True,
+        )
     try:  # a taken port is told at once, before the scene is built
         with socket.create_server((options.host, options.port)):
             pass
@@ -163,6 +193,8 @@ def main(argv=None) -> int:
         defaults = getattr(wslink_server, "_default_routes", [])
         wslink_server._default_routes = [r for r in defaults if getattr(r, "path", None) != "/"]
         wslink_server.app.router.add_get("/", index)
+        if secret:  # the app is not started yet: its middlewares can still grow
+            wslink_server.app.middlewares.append(refuse_without(secret))
 
     @server.controller.on_server_ready.add
     def ready(**_):

@@ -149,9 +149,9 @@ class Launcher:
         session.touch()
         if proxy.is_websocket(request):
             return await proxy.forward_websocket(
-                request, session.app.url, self._client, COOKIE, session.touch, session.sockets
+                request, session.app.url, session.app.secret, self._client, COOKIE, session.touch, session.sockets
             )
-        return await proxy.forward_http(request, session.app.url, self._client, COOKIE)
+        return await proxy.forward_http(request, session.app.url, session.app.secret, self._client, COOKIE)
 
     async def sign_in(self, request: web.Request) -> web.StreamResponse:
         if not self._same_origin(request):

@@ -1,7 +1,8 @@
 """HTTP and WebSocket requests passed on to a user's app process, any path (trame's websocket has its own).
 
 The launcher's session cookie is taken out of what the app receives: the app never sees it, so nothing in an app
-can hand it on.
+can hand it on. The session's secret goes with every request instead (``X-MedAnnot-Session``, in place of any the
+browser sent): the app's own port refuses anything without it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from http.cookies import SimpleCookie
 import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
+
+from .sessions import SECRET_HEADER
 
 # hop-by-hop headers (RFC 9110 7.6.1) and what the client library sets for the connection itself
 HOP_BY_HOP = {
@@ -46,15 +49,16 @@ def without_cookie(header: str | None, name: str) -> str | None:
     return "; ".join(kept) or None
 
 
-def _headers(request: web.Request, cookie_name: str, skip: set[str] = frozenset()) -> dict[str, str]:
+def _headers(request: web.Request, cookie_name: str, secret: str, skip: set[str] = frozenset()) -> dict[str, str]:
     headers = {}
     for key, value in request.headers.items():
         lower = key.lower()
-        if lower in HOP_BY_HOP or lower in skip or lower == "cookie":
+        if lower in HOP_BY_HOP or lower in skip or lower in ("cookie", SECRET_HEADER.lower()):
             continue
         headers[key] = value
     if cookie := without_cookie(request.headers.get("Cookie"), cookie_name):
         headers["Cookie"] = cookie
+    headers[SECRET_HEADER] = secret
     return headers
 
 
@@ -62,13 +66,14 @@ def is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
-async def forward_http(request: web.Request, base: str, client: aiohttp.ClientSession, cookie_name: str):
-    """The request to ``base`` + the same path and query; the answer streamed back as it comes."""
+async def forward_http(request: web.Request, base: str, secret: str, client: aiohttp.ClientSession, cookie_name: str):
+    """The request to ``base`` + the same path and query, with the session's ``secret``; the answer streamed back
+    as it comes."""
     url = URL(base + request.raw_path, encoded=True)
     data = request.content if request.body_exists else None
     try:
         async with client.request(
-            request.method, url, headers=_headers(request, cookie_name), data=data, allow_redirects=False
+            request.method, url, headers=_headers(request, cookie_name, secret), data=data, allow_redirects=False
         ) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
@@ -90,17 +95,18 @@ async def forward_http(request: web.Request, base: str, client: aiohttp.ClientSe
 async def forward_websocket(
     request: web.Request,
     base: str,
+    secret: str,
     client: aiohttp.ClientSession,
     cookie_name: str,
     active: Callable[[], None],
     open_sockets: set,
 ):
-    """Open the same websocket on the app, then pass messages both ways until either side closes;
-    ``active()`` on each message (the session is in use). The app's side is in ``open_sockets`` while open (so
-    that ending a session closes it before stopping the app)."""
+    """Open the same websocket on the app (with the session's ``secret``), then pass messages both ways until
+    either side closes; ``active()`` on each message (the session is in use). The app's side is in
+    ``open_sockets`` while open (so that ending a session closes it before stopping the app)."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     url = URL("ws" + base.removeprefix("http") + request.raw_path, encoded=True)
-    headers = _headers(request, cookie_name, WEBSOCKET_HANDSHAKE)
+    headers = _headers(request, cookie_name, secret, WEBSOCKET_HANDSHAKE)
     try:
         upstream = await client.ws_connect(url, protocols=protocols, headers=headers, max_msg_size=0, autoping=True)
     except (aiohttp.ClientError, aiohttp.WSServerHandshakeError):

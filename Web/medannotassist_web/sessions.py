@@ -2,9 +2,11 @@
 answers on ``/``, stopped with its whole process group.
 
 The app contract: ``APP_COMMAND --host 127.0.0.1 --port PORT --server QUEUE_URL --data-dir DIR`` with the token in
-``MEDANNOT_TOKEN`` (never on a command line, where any local user could read it); the app prints
-``medannot-web ready http://HOST:PORT/`` on stdout, answers 200 on ``/`` (a redirect is taken too: trame's own
-index redirects) and exits on SIGTERM.
+``MEDANNOT_TOKEN`` and a random secret of this session in ``MEDANNOT_SESSION_SECRET`` (never on a command line,
+where any local user could read them); the app prints ``medannot-web ready http://HOST:PORT/`` on stdout, answers
+200 on ``/`` to a request carrying the secret in ``X-MedAnnot-Session`` (a redirect is taken too: trame's own index
+redirects), refuses every request and websocket without it (403: other local users reach its port too) and exits
+on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -22,6 +25,8 @@ import aiohttp
 
 READY_LINE = "medannot-web ready "
 TOKEN_VARIABLE = "MEDANNOT_TOKEN"
+SECRET_VARIABLE = "MEDANNOT_SESSION_SECRET"
+SECRET_HEADER = "X-MedAnnot-Session"
 LOOPBACK = "127.0.0.1"
 
 
@@ -67,6 +72,7 @@ class AppProcess:
         self.command, self.server_url, self.folder = list(command), server_url, Path(folder)
         self.start_timeout_s, self.stop_grace_s = start_timeout_s, stop_grace_s
         self._token = token
+        self.secret = secrets.token_urlsafe(32)  # what the app's port asks of every request (the proxy adds it)
         self.port: int | None = None
         self.process: asyncio.subprocess.Process | None = None
         self.log_path = self.folder / "app.log"
@@ -98,7 +104,8 @@ class AppProcess:
         self.port = free_port()
         argv = [*self.command, "--host", LOOPBACK, "--port", str(self.port), "--server", self.server_url]
         argv += ["--data-dir", str(app_dir)]
-        env = {key: value for key, value in os.environ.items() if key != TOKEN_VARIABLE} | {TOKEN_VARIABLE: self._token}
+        env = {key: value for key, value in os.environ.items() if key not in (TOKEN_VARIABLE, SECRET_VARIABLE)}
+        env |= {TOKEN_VARIABLE: self._token, SECRET_VARIABLE: self.secret}
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it as its stderr)
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -142,7 +149,8 @@ class AppProcess:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as client:
                 while not exited.done():
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with client.get(self.url + "/", allow_redirects=False) as answer:
+                        secret = {SECRET_HEADER: self.secret}
+                        async with client.get(self.url + "/", headers=secret, allow_redirects=False) as answer:
                             if (
                                 answer.status < 400 and announced.done()
                             ):  # trame answers / with a redirect to index.html
