@@ -70,7 +70,7 @@ def review_section(page) -> None:
                     html.Tr(
                         v_for="row in review.rows",
                         key="row.structure_id",
-                        click=(page.select_review_row, "[row.structure_id]"),
+                        click="review_selected = row.structure_id",  # in the browser: Keep goes to the row clicked
                         classes=("row.structure_id === review_selected ? 'bg-surface-light' : ''",),
                         **tid("'agreement-' + row.structure_id", dynamic=True),
                     ),
@@ -90,7 +90,7 @@ def review_section(page) -> None:
                     with html.Td(title="the readers' mean pairwise Dice and HD95 (mm)", style="white-space: nowrap"):
                         html.Span("{{ row.dice == null ? '-' : row.dice.toFixed(2) }}", classes="dice")
                         html.Span("{{ row.hd95_mm == null ? '' : ' / ' + row.hd95_mm.toFixed(1) }}", classes="hd95")
-                    with html.Td():
+                    with html.Td(style="min-width: 140px"):  # the decision's words stay readable, not "C..."
                         v3.VSelect(
                             items=(DECISIONS,),
                             model_value=("row.decision === 'reader' ? 'reader:' + row.reader : row.decision",),

@@ -1,0 +1,87 @@
+"""The reviewer's per-structure "Your edit" in the browser: the liver of the consensus edited with Paint on the
+axial view, Approve, and the server's final holds the edited liver; a stroke that breaks a rule (a second piece
+of the liver) is named before Approve, and the final keeps it once the reviewer gives a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from MedAnnotAssistLib.core.labelio import read_reader
+from Testing.task_case import chest_protocol
+
+from .conftest import shot
+from .pages import drag_on_axial, open_page, signed_in, wait_for
+
+pytestmark = pytest.mark.slow
+
+REASON = "the readers were asked for the liver only"
+
+
+def review_in_hand(study, start_app, browser):
+    """Both readers submit the AI liver from the desktop's models; the reviewer's page claims the review."""
+    from Testing.workflow.test_review_model import submit as desk_submit
+
+    desk_submit(study.desk(study.a))
+    desk_submit(study.desk(study.b))
+    page = open_page(browser, start_app(study.reviewer, study.queue.url))
+    signed_in(page)
+
+    def review_ready(state) -> bool:
+        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
+            page.get_by_test_id("task-next-task").click()
+        return state["review"]["stage"] == "ready"
+
+    wait_for(page, review_ready, "the review")
+    return page
+
+
+def review_row(state: dict, structure_id: str) -> dict:
+    return next(r for r in state["review"]["rows"] if r["structure_id"] == structure_id)
+
+
+def edit_liver(page) -> None:
+    page.get_by_test_id("decision-liver").click()
+    page.locator(".v-overlay--active .v-list-item", has_text="Your edit").first.click()
+    wait_for(page, lambda s: review_row(s, "liver")["decision"] == "edited", "the liver's decision: Your edit")
+    shown = page.get_by_test_id("decision-liver").inner_text()
+    assert "Your edit" in shown and "..." not in shown, shown  # the decision column is wide enough to read
+
+
+def keep_failing(page) -> dict:
+    """A reason for each structure the final would fail, in the review section, then Approve on."""
+    while True:
+        state = wait_for(page, lambda s: not s["review"]["checking"], "the final checked")
+        failing = [r["structure_id"] for r in state["review"]["rows"] if r["failures"] and not r["override"]]
+        if not failing:
+            break
+        page.get_by_test_id(f"agreement-{failing[0]}").locator("td").nth(1).click()  # its name, not its menu
+        page.get_by_test_id("review-reason").locator("input").fill(REASON)
+        page.get_by_test_id("review-keep").click()
+        wait_for(page, lambda s, sid=failing[0]: review_row(s, sid)["override"], f"{failing[0]} kept")
+    return wait_for(page, lambda s: s["review"]["actions"]["approve"]["enabled"], "Approve on")
+
+
+def approve_and_read_final(page, study, tmp_path) -> np.ndarray:
+    page.get_by_test_id("review-approve").click()
+    wait_for(page, lambda s: s["task"]["task"] is None, "the case approved")
+    admin = study.admin
+    case = admin.ok(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}"))
+    assert case["state"] == "approved", case
+    final = tmp_path / "final.seg.nrrd"
+    final.write_bytes(admin.get(f"/api/v1/projects/{study.project_id}/cases/{study.case_id}/final").content)
+    return read_reader(final, chest_protocol()).mask("liver")
+
+
+def test_the_reviewer_paints_the_liver_in_your_edit_and_the_final_holds_it(
+    study, ai_liver, start_app, browser, tmp_path
+):
+    page = review_in_hand(study, start_app, browser)
+    consensus = ai_liver[1]  # both readers sent the AI liver as it came: the consensus liver
+    edit_liver(page)
+    shot(page, "review")
+    drag_on_axial(page, "paint")  # the segment editor holds the edited copy's liver
+    wait_for(page, lambda s: s["review"]["checking"] or not s["review"]["actions"]["approve"]["enabled"], "a check")
+    keep_failing(page)
+    liver = approve_and_read_final(page, study, tmp_path)
+    assert liver.sum() > consensus.sum() and liver[consensus].all(), (int(liver.sum()), int(consensus.sum()))
