@@ -44,8 +44,15 @@ def edit_liver(page) -> None:
     page.get_by_test_id("decision-liver").click()
     page.locator(".v-overlay--active .v-list-item", has_text="Your edit").first.click()
     wait_for(page, lambda s: review_row(s, "liver")["decision"] == "edited", "the liver's decision: Your edit")
-    shown = page.get_by_test_id("decision-liver").inner_text()
-    assert "Your edit" in shown and "..." not in shown, shown  # the decision column is wide enough to read
+    assert "Your edit" in page.get_by_test_id("decision-liver").inner_text()
+    for structure_id in ("liver", "lung_left"):  # the decision column is wide enough to read, not cut to "C..."
+        text = page.get_by_test_id(f"decision-{structure_id}").locator(".v-select__selection-text")
+        cut = text.evaluate("e => e.scrollWidth > e.clientWidth")  # an ellipsis: text-overflow hides the rest
+        assert not cut, f"the decision of {structure_id} is cut: {text.inner_text()!r}"
+        wrapper = page.get_by_test_id("agreement-table").locator(".v-table__wrapper")
+        assert wrapper.evaluate("e => e.scrollWidth <= e.clientWidth"), "the agreement table is wider than the panel"
+        swatch = page.get_by_test_id(f"agreement-{structure_id}").locator("td").first.locator("span")
+        assert swatch.bounding_box()["width"] >= 10, swatch.evaluate("e => e.outerHTML + e.parentElement.outerHTML")
 
 
 def keep_failing(page) -> dict:
