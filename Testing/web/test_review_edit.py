@@ -92,3 +92,33 @@ def test_the_reviewer_paints_the_liver_in_your_edit_and_the_final_holds_it(
     keep_failing(page)
     liver = approve_and_read_final(page, study, tmp_path)
     assert liver.sum() > consensus.sum() and liver[consensus].all(), (int(liver.sum()), int(consensus.sum()))
+
+
+def test_a_stroke_that_breaks_a_rule_is_named_before_approve_and_kept_with_a_reason(
+    study, ai_liver, start_app, browser, tmp_path
+):
+    """A second piece of the liver, painted away from it: the page names the rule at once and Approve waits for a
+    reason (before, the final was not checked again after a stroke: Approve stayed on and the server refused)."""
+    from scipy import ndimage
+
+    page = review_in_hand(study, start_app, browser)
+    consensus = ai_liver[1]
+    for structure_id in ("lung_left", "lung_right"):  # the reasons the consensus itself needs, first
+        page.get_by_test_id(f"agreement-{structure_id}").locator("td").nth(1).click()
+        page.get_by_test_id("review-reason").locator("input").fill(REASON)
+        page.get_by_test_id("review-keep").click()
+        wait_for(page, lambda s, sid=structure_id: review_row(s, sid)["override"], f"{structure_id} kept")
+    edit_liver(page)
+    wait_for(page, lambda s: s["review"]["actions"]["approve"]["enabled"], "Approve on for the unedited liver")
+    drag_on_axial(page, "paint", (0.75, 0.3), (0.85, 0.32))  # the patient's left, far from the liver
+    state = wait_for(page, lambda s: review_row(s, "liver")["failures"], "the liver's new failure")
+    assert not state["review"]["actions"]["approve"]["enabled"]
+    problems = page.get_by_test_id("review-section").inner_text()
+    assert "Liver: 2 connected component(s), at most 1 allowed (no reason given)" in problems, problems
+    page.get_by_test_id("agreement-liver").locator("td").nth(1).click()
+    page.get_by_test_id("review-reason").locator("input").fill("a second piece on purpose")
+    page.get_by_test_id("review-keep").click()
+    wait_for(page, lambda s: review_row(s, "liver")["override"], "the liver kept")
+    keep_failing(page)
+    liver = approve_and_read_final(page, study, tmp_path)
+    assert ndimage.label(liver)[1] == 2 and liver.sum() > consensus.sum() and liver[consensus].all()
