@@ -108,7 +108,7 @@ class ReviewModel(Model):
         self._check_again, self._next_wait = False, 0.0
         self._sources: dict[str, ReaderLabels] = {}
         self._edited_changed = False  # the edited copy changed since its last check: checked again at the next poll
-        self._edited_observed = None
+        self._edited_observed: Callable[[], None] | None = None  # stops observing the edited copy
 
     # ---- opening ------------------------------------------------------------------------------------------
 
@@ -385,8 +385,8 @@ class ReviewModel(Model):
         node = self.review.editedCopy()
         from ..mrml.protocol_segments import structureSegments
 
-        self._observe_edits(node)
-
+        if self._edited_observed is None:
+            self._edited_observed = self.review.onEdited(self._edits_made)
         self.emit(
             "selected",
             segmentation_node_id=node.GetID(),
@@ -394,16 +394,7 @@ class ReviewModel(Model):
         )
         return True
 
-    def _observe_edits(self, node) -> None:
-        """A stroke on the edited copy leaves the final unchecked: the next poll checks it, Approve waits for that."""
-        segmentation = node.GetSegmentation()
-        if self._edited_observed is None or self._edited_observed[0] is not segmentation:
-            import slicer
-
-            tag = segmentation.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, self._edits_made)
-            self._edited_observed = (segmentation, tag)
-
-    def _edits_made(self, caller, event) -> None:
+    def _edits_made(self) -> None:  # a stroke on the edited copy: checked at the next poll, Approve waits for it
         self._edited_changed = True
 
     def _checking(self) -> bool:
@@ -411,8 +402,7 @@ class ReviewModel(Model):
 
     def _forget_edits(self) -> None:
         if self._edited_observed is not None:
-            segmentation, tag = self._edited_observed
-            segmentation.RemoveObserver(tag)
+            self._edited_observed()  # stop observing the edited copy
         self._edited_observed, self._edited_changed = None, False
 
     def _decide(self, structure_id: str, kind: str, reader: str | None) -> bool:
