@@ -70,7 +70,12 @@ def paint_stroke(page, structure_id: str, start=(0.35, 0.62), end=(0.55, 0.68)) 
     """Select the structure's row, take Paint, drag the mouse across the axial view."""
     page.get_by_test_id(f"row-{structure_id}").click()
     wait_for(page, lambda s: s["protocol"]["selected"] == structure_id, f"{structure_id} selected")
-    page.get_by_test_id("effect-paint").click()
+    drag_on_axial(page, "paint", start, end)
+
+
+def drag_on_axial(page, effect: str, start=(0.35, 0.62), end=(0.55, 0.68)) -> None:
+    """Take the effect, drag the mouse across the axial view (``start``, ``end``: fractions of its box)."""
+    page.get_by_test_id(f"effect-{effect}").click()
     box = axial_view(page)
     x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
     x1, y1 = box["x"] + box["width"] * end[0], box["y"] + box["height"] * end[1]

@@ -17,6 +17,7 @@ STAGES = (
     "blinded: review.case_name + ': hidden until the case is approved.', "
     "decided: review.case_name + ': decided.'})[review.stage] || review.stage"
 )
+CELL = "padding: 0 4px"  # narrow cells: the five columns fit the panel, the decision's words whole
 DECISIONS = (
     "[{title: 'Consensus', value: 'consensus'}].concat(review.readers.map(r => ({title: r.label, "
     "value: 'reader:' + r.label}))).concat([{title: 'Your edit', value: 'edited'}])"
@@ -64,33 +65,37 @@ def review_section(page) -> None:
             with v3.VTable(density="compact", v_if=("review.rows.length",), **tid("agreement-table")):
                 with html.Thead(), html.Tr():
                     for header in ("", "Structure", "Agreement", "Dice / HD95", "Decision"):
-                        html.Th(header)
+                        html.Th(header, style=CELL)
                 with (
                     html.Tbody(),
                     html.Tr(
                         v_for="row in review.rows",
                         key="row.structure_id",
-                        click=(page.select_review_row, "[row.structure_id]"),
+                        click="review_selected = row.structure_id",  # in the browser: Keep goes to the row clicked
                         classes=("row.structure_id === review_selected ? 'bg-surface-light' : ''",),
                         **tid("'agreement-' + row.structure_id", dynamic=True),
                     ),
                 ):
-                    with html.Td():
+                    with html.Td(style=CELL):
                         html.Span(style=("'display:inline-block;width:12px;height:12px;background:' + row.color",))
                     html.Td(
                         "{{ row.name }}",
+                        style=CELL,
                         title=("row.failures.concat(row.override ? ['kept: ' + row.override] : []).join('\\n')",),
                         classes=("row.failures.length && !row.override ? 'text-error' : ''",),
                     )
                     html.Td(
                         "{{ row.verdict }}",
+                        style=CELL,
                         title=("row.reason",),
                         classes=("row.verdict === 'agreed' ? 'text-success verdict' : 'text-warning verdict'",),
                     )
-                    with html.Td(title="the readers' mean pairwise Dice and HD95 (mm)", style="white-space: nowrap"):
+                    with html.Td(
+                        title="the readers' mean pairwise Dice and HD95 (mm)", style=CELL + "; white-space: nowrap"
+                    ):
                         html.Span("{{ row.dice == null ? '-' : row.dice.toFixed(2) }}", classes="dice")
                         html.Span("{{ row.hd95_mm == null ? '' : ' / ' + row.hd95_mm.toFixed(1) }}", classes="hd95")
-                    with html.Td():
+                    with html.Td(style=CELL + "; min-width: 150px"):  # the decision stays readable, not "C..."
                         v3.VSelect(
                             items=(DECISIONS,),
                             model_value=("row.decision === 'reader' ? 'reader:' + row.reader : row.decision",),

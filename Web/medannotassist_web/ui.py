@@ -170,9 +170,6 @@ class Page:
     def show_disagreement(self, visible):
         self._did(self.desk.review.show_disagreement(bool(visible), bool(visible)))
 
-    def select_review_row(self, structure_id):
-        self.state.review_selected = structure_id
-
     def decide(self, structure_id, choice):
         review = self.desk.review
         if choice == "consensus":

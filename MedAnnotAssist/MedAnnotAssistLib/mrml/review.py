@@ -207,6 +207,15 @@ class ReviewSession:
             self.consensusNode.GetDisplayNode().SetVisibility(False)
         return self.editedNode
 
+    def onEdited(self, callback):
+        """Call ``callback()`` after each change of the edited copy's content (a stroke, an undo); returns the
+        function that stops it."""
+        import slicer
+
+        segmentation = self.editedCopy().GetSegmentation()
+        tag = segmentation.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, lambda *_: callback())
+        return lambda: segmentation.RemoveObserver(tag)
+
     def close(self) -> None:
         """Remove every node added since this review began (readers, consensus, edits, map, table)."""
         removeNodes(self.context.scene, sorted(nodeIds(self.context.scene) - self._before))

@@ -107,6 +107,8 @@ class ReviewModel(Model):
         self.blinded_text = ""
         self._check_again, self._next_wait = False, 0.0
         self._sources: dict[str, ReaderLabels] = {}
+        self._edited_changed = False  # the edited copy changed since its last check: checked again at the next poll
+        self._edited_observed: Callable[[], None] | None = None  # stops observing the edited copy
 
     # ---- opening ------------------------------------------------------------------------------------------
 
@@ -253,7 +255,7 @@ class ReviewModel(Model):
             "approve": first_off(
                 (not deciding, "no review task in hand"),
                 (busy, "busy"),
-                (self.background.running(CHECK_JOB), "checking the final against the protocol"),
+                (self._checking(), "checking the final against the protocol"),
                 (bool(problems), "; ".join(problems)),
             ),
             "return": first_off((not deciding, "no review task in hand"), (busy, "busy")),
@@ -279,7 +281,7 @@ class ReviewModel(Model):
             self.in_slices,
             self.in_3d,
             problems,
-            self.background.running(CHECK_JOB),
+            self._checking(),
             self.blinded_text,
             self.message,
             self.message_is_error,
@@ -383,12 +385,25 @@ class ReviewModel(Model):
         node = self.review.editedCopy()
         from ..mrml.protocol_segments import structureSegments
 
+        if self._edited_observed is None:
+            self._edited_observed = self.review.onEdited(self._edits_made)
         self.emit(
             "selected",
             segmentation_node_id=node.GetID(),
             segment_id=structureSegments(node, self.protocol).get(structure_id),
         )
         return True
+
+    def _edits_made(self) -> None:  # a stroke on the edited copy: checked at the next poll, Approve waits for it
+        self._edited_changed = True
+
+    def _checking(self) -> bool:
+        return self.background.running(CHECK_JOB) or self._edited_changed
+
+    def _forget_edits(self) -> None:
+        if self._edited_observed is not None:
+            self._edited_observed()  # stop observing the edited copy
+        self._edited_observed, self._edited_changed = None, False
 
     def _decide(self, structure_id: str, kind: str, reader: str | None) -> bool:
         if self.stage != READY or self.task is None:
@@ -530,7 +545,8 @@ class ReviewModel(Model):
             for failure in error.failures:
                 found.setdefault(failure.structure, []).append((failure.rule, failure.message))
             self.failures = found
-            self.tell("the server refused the final: give a reason for each failing rule, or decide otherwise", True)
+            listed = "; ".join(failure.message for failure in error.failures)
+            self.tell(f"the server refused the final: {listed}: give a reason for each, or decide otherwise", True)
         else:
             self.tell(f"review: {error_text(error)}", error=True)
         self.refresh()
@@ -540,6 +556,9 @@ class ReviewModel(Model):
     def poll(self) -> bool:
         """Hand finished jobs over, ask whether a waited-for consensus is done, announce changes."""
         self.background.poll()
+        if self._edited_changed and not self.background.running(CHECK_JOB):
+            self._edited_changed = False
+            self.check_final()
         if self.stage == WAITING and not self.background.running(WAIT_JOB) and self.clock() >= self._next_wait:
             client, pid, case_id = self.client, self.project_id, self.case["id"]
             self._next_wait = self.clock() + self.poll_s
@@ -561,6 +580,7 @@ class ReviewModel(Model):
     def close(self) -> None:
         """Leave the case: its nodes leave the scene (event ``closed``)."""
         was_open = self.review is not None
+        self._forget_edits()
         if was_open:
             showInSliceViews(self.context.scene, None, 0.0)
             self.review.close()
