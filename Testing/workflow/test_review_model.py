@@ -91,7 +91,7 @@ def test_blinded_anonymous_return_and_an_edited_final(study, tmp_path):
     trimmed = liver.copy()
     trimmed[: liver.shape[0] // 2] = False  # the reviewer erases the upper half, as the Segment Editor would
     setSegmentMask(edited, segment, trimmed)
-    review.check_final()  # the view calls it when the reviewer stops editing
+    review.check_final()  # at once (the model also re-checks on its next poll after a stroke on the edited copy)
     reviewer.wait_until(lambda: not review.state.checking, TIMEOUT_S)
     assert review.state.row("liver").decision == "edited"
     approve = review.state.actions["approve"]
