@@ -75,6 +75,23 @@ class Run:
         return status, self.process.stderr.read()
 
 
+_STARTED: list[subprocess.Popen] = []  # every medannot run of this module, stopped at teardown if a test failed
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_a_failed_test_left():
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:  # a failed assertion skipped the test's own stop: SIGTERM stops its children too
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
 def start_run(data_dir: Path) -> Run:
     port, server_port = free_port(), free_port()
     command = [str(Path(sys.executable).with_name("medannot")), "run", "--data-dir", str(data_dir)]
@@ -83,6 +100,7 @@ def start_run(data_dir: Path) -> Run:
         command, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # the test signals this process alone, as a terminal's Ctrl-C reaches make's child
     )  # fmt: skip
+    _STARTED.append(process)
     run = Run(process, port, server_port)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
