@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from MedAnnotAssistLib.core.sample_data import LABELS_FILE, SAMPLE_FILES, SAMPLE_SERIES, write_manifest
 from Testing.docs.runner import PAGES, REPO, blocks, failing_block, run_page
+from Testing.sample_cache import link_sample_cache
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,7 @@ _COMMAND_START = re.compile(r"^\s*(\.venv/bin/|medannot |curl |make |python3? )"
 @pytest.fixture(scope="session")
 def sample_cache(tmp_path_factory, sample_dir) -> Path:
     """``var/sample-data`` as ``medannot sample-data`` leaves it (files and manifest), from ../shared."""
-    cache = tmp_path_factory.mktemp("doc-sample-data")
-    for name in [*SAMPLE_FILES, LABELS_FILE]:
-        (cache / name).symlink_to(sample_dir / name)
-    for folder in SAMPLE_SERIES:
-        (cache / folder).mkdir()
-        for path in (sample_dir / folder).iterdir():
-            (cache / folder / path.name).symlink_to(path)
-    write_manifest(cache)
-    return cache
+    return link_sample_cache(tmp_path_factory.mktemp("doc-sample-data"), sample_dir)
 
 
 def _workspace(root: Path, cache: Path) -> tuple[Path, dict[str, str]]:

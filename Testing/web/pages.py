@@ -58,6 +58,17 @@ def claim(page) -> dict:
     return wait_for(page, lambda s: s["task"]["task"] and s["protocol"]["rows"], "the case")
 
 
+def claim_review(page) -> dict:
+    """Next case until the review is on the page (the review task opens once the consensus job is done)."""
+
+    def review_ready(state) -> bool:
+        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
+            page.get_by_test_id("task-next-task").click()
+        return state["review"]["stage"] == "ready"
+
+    return wait_for(page, review_ready, "the review")
+
+
 def axial_view(page):
     """The box of the axial slice view (the big one on the left of the "Axial Primary" layout)."""
     views = page.locator("[data-testid=views] img")

@@ -12,6 +12,7 @@ import pytest
 from .conftest import shot
 from .pages import (
     claim,
+    claim_review,
     client_state,
     make_ready,
     model,
@@ -102,12 +103,7 @@ def test_two_annotators_at_once_stay_blind_and_the_reviewer_approves(study, star
     reviewer = open_page(browser, start_app(study.reviewer, study.queue.url))
     signed_in(reviewer)
 
-    def review_ready(state) -> bool:
-        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
-            reviewer.get_by_test_id("task-next-task").click()
-        return state["review"]["stage"] == "ready"
-
-    state = wait_for(reviewer, review_ready, "the review")
+    state = claim_review(reviewer)
     table = reviewer.get_by_test_id("agreement-table")
     table.wait_for()
     assert {r["structure_id"] for r in state["review"]["rows"]} >= {"liver", "lung_left", "lung_right"}
@@ -201,12 +197,7 @@ def test_the_reviewer_returns_the_case_to_a_reader_with_a_comment(study, start_a
     page = open_page(browser, start_app(study.reviewer, study.queue.url))
     signed_in(page)
 
-    def review_ready(state) -> bool:
-        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
-            page.get_by_test_id("task-next-task").click()
-        return state["review"]["stage"] == "ready"
-
-    wait_for(page, review_ready, "the review")
+    claim_review(page)
     page.get_by_test_id("review-return").click()
     page.get_by_test_id("return-reader").click()
     page.locator(".v-overlay--active .v-list-item", has_text=study.a.name).first.click()

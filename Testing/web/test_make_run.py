@@ -21,8 +21,8 @@ import pytest
 
 from medannotassist_web.sessions import free_port
 from MedAnnotAssistLib.cli.demo_study import CASES, PROJECT, USERS
-from MedAnnotAssistLib.core.sample_data import LABELS_FILE, SAMPLE_FILES, SAMPLE_SERIES, write_manifest
 from Testing.conftest import REPO
+from Testing.sample_cache import link_sample_cache
 from Testing.web.launcher_fixtures import gone
 
 pytestmark = pytest.mark.slow
@@ -34,16 +34,7 @@ APP_TIMEOUT_MS = 240_000  # the first sign-in starts the user's app (slicer-core
 
 def sample_cache(root: Path, sample_dir: Path) -> Path:
     """``DATA_DIR/sample-data`` as ``medannot sample-data`` leaves it, linked to ../shared (no download)."""
-    cache = root / "sample-data"
-    cache.mkdir(parents=True)
-    for name in [*SAMPLE_FILES, LABELS_FILE]:
-        (cache / name).symlink_to(sample_dir / name)
-    for folder in SAMPLE_SERIES:
-        (cache / folder).mkdir()
-        for path in (sample_dir / folder).iterdir():
-            (cache / folder / path.name).symlink_to(path)
-    write_manifest(cache)
-    return cache
+    return link_sample_cache(root / "sample-data", sample_dir)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from MedAnnotAssistLib.core.labelio import read_reader
 from Testing.task_case import chest_protocol
 
 from .conftest import shot
-from .pages import drag_on_axial, open_page, signed_in, wait_for
+from .pages import claim_review, drag_on_axial, open_page, signed_in, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +27,7 @@ def review_in_hand(study, start_app, browser):
     page = open_page(browser, start_app(study.reviewer, study.queue.url))
     signed_in(page)
 
-    def review_ready(state) -> bool:
-        if state["task"]["task"] is None and state["task"]["actions"]["next_task"]["enabled"]:
-            page.get_by_test_id("task-next-task").click()
-        return state["review"]["stage"] == "ready"
-
-    wait_for(page, review_ready, "the review")
+    claim_review(page)
     return page
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
-from .sections import action_button, message, reason_wrapper, tid
+from .sections import action_button, message, reason_wrapper, text_field, tid
 
 STAGES = (
     "({none: 'No review in hand.', "
@@ -107,13 +107,7 @@ def review_section(page) -> None:
                             **tid("'decision-' + row.structure_id", dynamic=True),
                         )
             with html.Div(v_if=("review_selected",), classes="d-flex align-center"):
-                v3.VTextField(
-                    v_model=("review_reason", ""),
-                    label="Reason to keep the selected structure as it is",
-                    density="compact",
-                    hide_details=True,
-                    **tid("review-reason"),
-                )
+                text_field("review_reason", "Reason to keep the selected structure as it is", "review-reason")
                 v3.VBtn(
                     "Keep",
                     click=(page.review_keep, "[review_selected, review_reason]"),
@@ -139,13 +133,7 @@ def review_section(page) -> None:
                     hide_details=True,
                     **tid("return-reader"),
                 )
-                v3.VTextField(
-                    v_model=("return_comment", ""),
-                    label="What should the reader change?",
-                    density="compact",
-                    hide_details=True,
-                    **tid("return-comment"),
-                )
+                text_field("return_comment", "What should the reader change?", "return-comment")
                 v3.VBtn(
                     "Return",
                     click=(page.return_to_reader, "[return_reader, return_comment]"),

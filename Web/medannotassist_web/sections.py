@@ -32,6 +32,11 @@ def action_button(label: str, model: str, action: str, click, testid: str, **kwa
     return button
 
 
+def text_field(variable: str, label: str, testid: str):
+    """A one-line compact text field bound to the page variable ``variable`` (a reason, a comment)."""
+    return v3.VTextField(v_model=(variable, ""), label=label, density="compact", hide_details=True, **tid(testid))
+
+
 def reason_wrapper(model: str, action: str):
     return html.Span(title=(f"{model}.actions && {model}.actions.{action} ? {model}.actions.{action}.reason : ''",))
 
@@ -117,13 +122,7 @@ def task_section(page) -> None:
                     with reason_wrapper("task", action):
                         action_button(label, "task", action, click, f"task-{action.replace('_', '-')}")
             with html.Div(v_if=("ask === 'skip'",), classes="mt-1", **tid("skip-dialog")):
-                v3.VTextField(
-                    v_model=("skip_reason", ""),
-                    label="Why skip this case? (recorded with it)",
-                    density="compact",
-                    hide_details=True,
-                    **tid("skip-reason"),
-                )
+                text_field("skip_reason", "Why skip this case? (recorded with it)", "skip-reason")
                 v3.VBtn("Skip", click=(page.skip, "[skip_reason]"), size="small", classes="ma-1", **tid("skip-confirm"))
                 v3.VBtn("Cancel", click="ask = ''", size="small", variant="text", classes="ma-1")
             with html.Div(v_if=("ask === 'release'",), classes="mt-1", **tid("release-dialog")):
@@ -206,13 +205,7 @@ def protocol_section(page) -> None:
             with html.Div(
                 v_if=("protocol.selected_row && protocol.selected_row.blocking.length",), classes="d-flex align-center"
             ):
-                v3.VTextField(
-                    v_model=("override_reason", ""),
-                    label="Reason to keep it anyway",
-                    density="compact",
-                    hide_details=True,
-                    **tid("override-reason"),
-                )
+                text_field("override_reason", "Reason to keep it anyway", "override-reason")
                 v3.VBtn(
                     "Keep",
                     click=(page.override, "[override_reason]"),
